@@ -1,0 +1,191 @@
+"""Optical attention for Hugging Face Llama models, through transformers' AttentionInterface.
+
+Per head (grouped-query attention: each K/V head serves num_heads / num_kv_heads query heads):
+
+    S = Q_stoch(Q_det(Q) · LUT(Q_det(Kᵀ)); qk range) · scaling + mask
+    P = softmax(S) in fp32, then dropout
+    O = Q_stoch(Q_det(P) · LUT(Q_det(V)); av range)
+
+Both products are `otlib.ops.optical_matmul` calls. The per-layer state (range statistics of
+query, key, qk, attn (= P, starting at [0, 1]), value, av, and one call counter per product)
+is an `OpticalAttentionState` that `otlib.transform` attaches to each `LlamaAttention` as the
+submodule `optical_attention`, so it moves with the model and is part of its state dict.
+
+The function is registered as "optical" in `AttentionInterface`, and its mask function
+(`optical_mask`: eager attention's mask, built without a host sync) under the same name in
+`AttentionMaskInterface`: a function registered only in the first receives `attention_mask=None`
+(no causal mask, future tokens leak); with the second, it receives the additive float mask
+[B, 1, T, S] of eager attention (causal + padding).
+
+Range of Q·Kᵀ ("qk"): observed on the UNSCALED product, every training step (the range is
+applied to the unscaled product). `numerics = "mase"` reproduces the peer's defect 4 for
+ablations: the range is measured once, on the first batch, from the SCALED digital logits,
+applied to the unscaled product and frozen, which clamps logits to about `scaling` of their range.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.llama.modeling_llama import repeat_kv
+
+from otlib import ops
+from otlib.config import NUMERICS, LayerConfig
+from otlib.layers.ranges import RangeTracker
+
+ATTENTION_NAME = "optical"  # the attn_implementation name of optical attention
+STATE_ATTR = "optical_attention"  # submodule name of the per-layer state on each attention module
+A, B, OUT = 0, 1, 2  # rows of the ranges tensors (ops contract: a operand, b operand (SLM), out)
+
+
+class OpticalAttentionState(nn.Module):
+    """Range statistics and RNG counters of the two optical products of one attention layer.
+
+    Buffers: `qk.bounds` fp32 [3, 2] (query, key, qk), `av.bounds` fp32 [3, 2] (attn, value, av),
+    their `initialised` flags, and `rng_qk`, `rng_av` int64 [3] = (seed, call counter, stream).
+    """
+
+    def __init__(
+        self,
+        config: LayerConfig,
+        numerics: str,
+        streams: tuple[int, int],
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if numerics not in NUMERICS:
+            raise ValueError(f"OpticalAttentionState: numerics = {numerics!r} must be one of {NUMERICS}")
+        self.layer_config = config
+        self.numerics = numerics
+        self.streams = streams
+        beta, quantiles = config.q_smooth_factor, config.q_quantiles
+        self.qk = RangeTracker(("query", "key", "qk"), beta, quantiles, device=device)
+        # P = softmax(...) lies in [0, 1]: its range starts there and then follows the EMA
+        self.av = RangeTracker(("attn", "value", "av"), beta, quantiles, preset={"attn": (0.0, 1.0)}, device=device)
+        self.register_buffer("rng_qk", torch.zeros(3, dtype=torch.int64, device=device))
+        self.register_buffer("rng_av", torch.zeros(3, dtype=torch.int64, device=device))
+        self.reset()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Ranges unset (P back to [0, 1]) and call counters 0."""
+        self.qk.reset()
+        self.av.reset()
+        for rng, stream in ((self.rng_qk, self.streams[0]), (self.rng_av, self.streams[1])):
+            rng[0] = self.layer_config.q_init_seed
+            rng[1] = 0
+            rng[2] = stream
+
+    def extra_repr(self) -> str:
+        cfg = self.layer_config
+        return (
+            f"q_levels={cfg.q_levels}, q_lut_min={cfg.q_lut_min}, numerics={self.numerics}, "
+            f"seed={cfg.q_init_seed}, streams={self.streams}"
+        )
+
+
+def _qk_range_mase(query: Tensor, key_states: Tensor, scaling: float) -> Tensor:
+    """The peer's qk range: min/max of the SCALED digital logits (defect 4, numerics = "mase")."""
+    with torch.no_grad():
+        lo, hi = torch.aminmax(torch.matmul(query, key_states.transpose(-1, -2)))
+    return torch.stack([lo, hi]).float() * scaling  # scaling > 0 keeps the order
+
+
+def optical_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[Tensor, Tensor]:
+    """AttentionInterface function. query [B, H, T, D], key/value [B, Hkv, S, D], mask [B, 1, T, S] additive.
+
+    Returns (attn_output [B, T, H, D], attn_weights P [B, H, T, S]), as eager attention does.
+    """
+    state = getattr(module, STATE_ATTR, None)
+    if not isinstance(state, OpticalAttentionState):
+        raise RuntimeError(
+            f"{type(module).__name__} has no optical state: call otlib.transform(model, config) before "
+            f"using attn_implementation={ATTENTION_NAME!r}"
+        )
+    cfg, training, mase = state.layer_config, module.training, state.numerics == "mase"
+    # The ops group heads themselves (query head h uses K/V head h // (H / Hkv)): no repeat_kv copy.
+    key_t = key.transpose(-1, -2)  # [B, Hkv, D, S]: the SLM operand of Q·Kᵀ
+    with torch.no_grad():  # fresh dither per call for both products, on the device
+        state.rng_qk[1] += 1
+        state.rng_av[1] += 1
+
+    # --- S = Q_stoch(Q_det(Q)·LUT(Q_det(Kᵀ)); qk range)·scaling + mask -------------------------------
+    qk_ranges = state.qk.observe({A: query, B: key}, training)
+    calibrate_qk = not state.qk.is_set(OUT)
+    if mase and calibrate_qk:  # set once from scaled logits, then frozen
+        stats = _qk_range_mase(query, repeat_kv(key, query.shape[1] // key.shape[1]), scaling)
+        if training:
+            state.qk.update(OUT, stats)  # qk_ranges is the buffer in training: it now holds the row
+        else:
+            qk_ranges = qk_ranges.clone()
+            qk_ranges[OUT] = stats
+        calibrate_qk = False
+    scores, s_min, s_max = ops.optical_matmul(
+        query,
+        key_t,
+        qk_ranges,
+        state.rng_qk,
+        levels=cfg.q_levels,
+        lut_min=cfg.q_lut_min,
+        numerics=state.numerics,
+        calibrate_out=calibrate_qk,
+    )
+    if training and not mase:  # the unscaled accumulator, every step
+        state.qk.update(OUT, torch.stack([s_min, s_max]))
+    scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+
+    # --- P = softmax(S) in fp32, dropout ---------------------------------------------------------------
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=training)
+
+    # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------
+    av_ranges = state.av.observe({A: probs, B: value}, training)
+    out, o_min, o_max = ops.optical_matmul(
+        probs,
+        value,
+        av_ranges,
+        state.rng_av,
+        levels=cfg.q_levels,
+        lut_min=cfg.q_lut_min,
+        numerics=state.numerics,
+        calibrate_out=not state.av.is_set(OUT),
+    )
+    if training:
+        state.av.update(OUT, torch.stack([o_min, o_max]))
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def optical_mask(*, dtype: torch.dtype = torch.float32, **kwargs: object) -> Tensor | None:
+    """Mask function of optical attention: eager attention's additive float mask [B, 1, T, S] (0 or dtype min).
+
+    Same values as `transformers.masking_utils.eager_mask`, built from `sdpa_mask`'s boolean mask by a device
+    fill: eager_mask of transformers 5.17 copies a Python scalar to the GPU, a host sync in every forward.
+    """
+    kwargs["allow_is_causal_skip"] = False  # always a full mask: the function adds it to the logits
+    mask = sdpa_mask(**kwargs)
+    if mask is None:  # only a bidirectional mask without padding is skipped
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def register_optical_attention() -> None:
+    """Register the attention function and its mask function under `ATTENTION_NAME` (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, optical_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, optical_mask)
+
+
+register_optical_attention()

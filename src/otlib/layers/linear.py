@@ -1,0 +1,160 @@
+"""`OpticalLinear`: a drop-in `nn.Linear` whose product runs through the simulated optics.
+
+    Y = Q_stoch(Q_det(X) · LUT(Q_det(W))ᵀ; out range) + b        (bias digital)
+
+The layer keeps the state and makes one call into `otlib.ops.optical_linear`: it advances the
+call counter (so every call draws fresh dither), updates the x/w ranges from the batch
+(training only), and after the op folds the pre-quantization accumulator's min/max into the
+out range. The parameters are `weight` and `bias` exactly as in `nn.Linear`, so state dicts of
+the digital model load unchanged.
+
+LoRA (`lora_rank > 0`): W_eff = W + (alpha / rank)·B·A, A [rank, in] (Kaiming), B [out, rank]
+(zeros, so the layer starts equal to the base layer). W_eff — not W — is what the SLM holds:
+the SLM holds one weight matrix, and a separate digital adapter product would not be an optical
+computation, so the adapter's contribution is quantized and multiplied optically with the base
+weight. Gradients reach A and B straight through the quantizers. `lora_dropout` drops entries of
+A (the usual LoRA input dropout would need a second, digital product).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import skip_init
+
+from otlib import ops
+from otlib.config import NUMERICS, LayerConfig
+from otlib.layers.ranges import RangeTracker
+
+X, W, OUT = 0, 1, 2  # rows of the ranges tensor (ops contract)
+
+
+class OpticalLinear(nn.Linear):
+    """nn.Linear computed optically. Input [..., in_features] → output [..., out_features], any float dtype.
+
+    Keyword arguments: the `[fc]` keys of the TOML file (`q_levels`, `q_lut_min`, `q_smooth_factor`,
+    `q_init_seed`, `q_bypass`, `q_quantiles`), `numerics` ("fixed" | "mase"), `stream` (the Philox
+    stream id, distinct per optical op of a model), and `lora_rank` (0 = no adapter), `lora_alpha`,
+    `lora_dropout`.
+
+    Buffers: `stats.bounds` fp32 [3, 2] (x, w, out ranges), `stats.initialised` bool [3],
+    `rng` int64 [3] = (seed, call counter, stream).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        q_levels: int = 256,
+        q_lut_min: float = 0.020040,
+        q_smooth_factor: float = 0.9,
+        q_init_seed: int = 0,
+        q_bypass: bool = False,
+        q_quantiles: tuple[float, float] | None = None,
+        numerics: str = "fixed",
+        stream: int = 0,
+        lora_rank: int = 0,
+        lora_alpha: float = 32.0,
+        lora_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.layer_config = LayerConfig(q_levels, q_lut_min, q_smooth_factor, q_init_seed, q_bypass, q_quantiles)
+        if numerics not in NUMERICS:
+            raise ValueError(f"OpticalLinear: numerics = {numerics!r} must be one of {NUMERICS}")
+        if not 0 <= stream < 2**31:
+            raise ValueError(f"OpticalLinear: stream = {stream!r} must be in [0, 2**31)")
+        if lora_rank < 0 or lora_alpha <= 0 or not 0 <= lora_dropout < 1:
+            raise ValueError(
+                f"OpticalLinear: lora_rank = {lora_rank!r} (>= 0), lora_alpha = {lora_alpha!r} (> 0), "
+                f"lora_dropout = {lora_dropout!r} (in [0, 1)) out of range"
+            )
+        self.numerics = numerics
+        self.stream = stream
+        self.stats = RangeTracker(("x", "w", "out"), q_smooth_factor, q_quantiles, device=device)
+        self.register_buffer("rng", torch.zeros(3, dtype=torch.int64, device=device))
+        self.lora_rank = lora_rank
+        self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
+        self.lora_dropout = lora_dropout
+        if lora_rank:
+            self.lora_A = nn.Parameter(torch.empty(lora_rank, in_features, device=device, dtype=dtype))
+            self.lora_B = nn.Parameter(torch.empty(out_features, lora_rank, device=device, dtype=dtype))
+        else:
+            self.register_parameter("lora_A", None)
+            self.register_parameter("lora_B", None)
+        self.reset_optical_state()
+
+    @torch.no_grad()
+    def reset_optical_state(self) -> None:
+        """Ranges unset, call counter 0, adapters at their initialisation (B = 0: W_eff = W)."""
+        self.stats.reset()
+        self.rng[0] = self.layer_config.q_init_seed
+        self.rng[1] = 0
+        self.rng[2] = self.stream
+        if self.lora_A is not None:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and peft initialise A
+            nn.init.zeros_(self.lora_B)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **layer_cfg: object) -> OpticalLinear:
+        """An OpticalLinear sharing `linear`'s weight and bias Parameters (no copy, same device/dtype)."""
+        layer = skip_init(  # no throw-away initialisation of a weight that is replaced next
+            cls,
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            **layer_cfg,
+        )
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        layer.reset_optical_state()  # skip_init leaves buffers uninitialised
+        return layer
+
+    def effective_weight(self) -> Tensor:
+        """W, or W + (alpha / rank)·B·dropout(A) with an adapter: the matrix the SLM holds."""
+        if self.lora_A is None:
+            return self.weight
+        lora_a = F.dropout(self.lora_A, self.lora_dropout, self.training) if self.lora_dropout else self.lora_A
+        return self.weight + (self.lora_B @ lora_a) * self.lora_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        cfg = self.layer_config
+        weight = self.effective_weight()
+        if cfg.q_bypass:
+            return F.linear(x, weight, self.bias)
+        with torch.no_grad():
+            self.rng[1] += 1  # on the device: a fresh dither stream per call, no sync
+        ranges = self.stats.observe({X: x, W: weight}, self.training)
+        y, out_min, out_max = ops.optical_linear(
+            x,
+            weight,
+            self.bias,
+            ranges,
+            self.rng,
+            levels=cfg.q_levels,
+            lut_min=cfg.q_lut_min,
+            numerics=self.numerics,
+            calibrate_out=not self.stats.is_set(OUT),  # first batch / untrained eval: accumulator's own range
+        )
+        if self.training:
+            self.stats.update(OUT, torch.stack([out_min, out_max]))
+        return y
+
+    def extra_repr(self) -> str:
+        cfg = self.layer_config
+        text = (
+            f"{super().extra_repr()}, q_levels={cfg.q_levels}, q_lut_min={cfg.q_lut_min}, "
+            f"q_smooth_factor={cfg.q_smooth_factor}, q_quantiles={cfg.q_quantiles}, q_bypass={cfg.q_bypass}, "
+            f"numerics={self.numerics}, seed={cfg.q_init_seed}, stream={self.stream}"
+        )
+        if self.lora_rank:
+            text += f", lora_rank={self.lora_rank}, lora_scale={self.lora_scale}, lora_dropout={self.lora_dropout}"
+        return text

@@ -1,0 +1,167 @@
+"""Range statistics of the optical products: [lo, hi] per operand, in fp32 device buffers.
+
+Each optical product quantizes three tensors (two operands and the accumulator read-out) into
+[lo, hi]. The ranges follow the spec (`otlib-numerics.md`): the first training batch sets them,
+later training batches move them by an exponential moving average
+
+    lo ← β·lo + (1 − β)·batch_lo,    hi ← β·hi + (1 − β)·batch_hi,
+
+where batch_lo/hi are the batch min/max (`torch.aminmax`) or, with `q_quantiles = (a, b)`, its
+exact a- and b-quantiles (torch.quantile's linear interpolation, any size; see `exact_quantiles`).
+
+Three properties the peer lacked, on purpose:
+- fp32 buffers whatever the model dtype (a bf16 EMA with β = 0.9 cannot move 1.0 → 1.05);
+  `_apply` keeps them fp32 through `model.to(torch.bfloat16)`.
+- No host–device synchronisation: statistics stay on the device and the EMA is in-place
+  arithmetic. Whether a row has been set is mirrored in a Python list (`_initialised_host`),
+  so no branch reads a device value; the mirror is rebuilt from the `initialised` buffer when a
+  state dict is loaded.
+- Multi-GPU: when torch.distributed is initialised, the batch statistics are all-reduced
+  before the EMA (min → MIN, max → MAX, quantiles → mean), so every rank keeps identical ranges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def exact_quantiles(t: Tensor, quantiles: tuple[float, float]) -> Tensor:
+    """fp32 [2] tensor of the `quantiles` of all elements of `t`, like `torch.quantile`, any size.
+
+    torch.quantile refuses inputs above 2**24 elements (MLP activations of one 1024-token batch
+    pass that). For q, position p = q·(n − 1) in the sorted values v; the result is
+    v[⌊p⌋] + (p − ⌊p⌋)·(v[⌊p⌋ + 1] − v[⌊p⌋]), with the order statistics from `kthvalue`
+    (a selection, no full sort). Positions are computed on the host from the shape only.
+    """
+    flat = t.detach().reshape(-1)
+    n = flat.numel()
+    out = []
+    for q in quantiles:
+        pos = q * (n - 1)
+        k = math.floor(pos)
+        below = flat.kthvalue(k + 1).values.float()  # kthvalue is 1-based
+        frac = pos - k
+        if frac > 0.0:
+            above = flat.kthvalue(k + 2).values.float()
+            below = torch.lerp(below, above, frac)
+        out.append(below)
+    return torch.stack(out)
+
+
+def _all_reduce(stats: Tensor, use_mean: bool) -> Tensor:
+    """Combine per-rank batch statistics [lo, hi]: MIN/MAX for extrema, the mean for quantiles."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    if use_mean:
+        stats = stats.clone()
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+        return stats / dist.get_world_size()
+    # one collective: max of (−lo, hi) gives (−min lo, max hi)
+    signed = torch.stack([-stats[0], stats[1]])
+    dist.all_reduce(signed, op=dist.ReduceOp.MAX)
+    return torch.stack([-signed[0], signed[1]])
+
+
+class RangeTracker(nn.Module):
+    """[lo, hi] of each named operand of one optical product.
+
+    Buffers: `bounds` fp32 [n, 2] (rows in `names` order, columns lo, hi) — for the ops' `ranges`
+    argument — and `initialised` bool [n]. `preset` rows start set (attention's P starts at [0, 1]).
+    """
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        smooth_factor: float,
+        quantiles: tuple[float, float] | None = None,
+        preset: Mapping[str, tuple[float, float]] | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.smooth_factor = float(smooth_factor)
+        self.quantiles = quantiles
+        self.preset = dict(preset or {})
+        unknown = set(self.preset) - set(self.names)
+        if unknown:
+            raise ValueError(f"RangeTracker: preset names {sorted(unknown)} are not among {self.names}")
+        self.register_buffer("bounds", torch.zeros(len(self.names), 2, dtype=torch.float32, device=device))
+        self.register_buffer("initialised", torch.zeros(len(self.names), dtype=torch.bool, device=device))
+        self._initialised_host = [False] * len(self.names)
+        self.reset()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget all statistics (preset rows go back to their preset)."""
+        self.bounds.zero_()
+        self.initialised.zero_()
+        for name, (lo, hi) in self.preset.items():
+            row = self.names.index(name)
+            self.bounds[row, 0] = lo
+            self.bounds[row, 1] = hi
+            self.initialised[row] = True
+        self._initialised_host = [name in self.preset for name in self.names]
+
+    def is_set(self, row: int) -> bool:
+        """Whether row `row` holds statistics (host mirror: no device read)."""
+        return self._initialised_host[row]
+
+    def batch_stats(self, t: Tensor) -> Tensor:
+        """fp32 [2]: this batch's (lo, hi) of `t` — min/max, or the configured quantiles."""
+        if self.quantiles is not None:
+            return exact_quantiles(t, self.quantiles)
+        lo, hi = torch.aminmax(t.detach())
+        return torch.stack([lo, hi]).float()
+
+    @torch.no_grad()
+    def update(self, row: int, stats: Tensor) -> None:
+        """Fold batch statistics fp32 [2] into row `row`: set on first use, EMA afterwards."""
+        stats = _all_reduce(stats.detach().float(), use_mean=self.quantiles is not None)
+        if self._initialised_host[row]:
+            beta = self.smooth_factor
+            self.bounds[row].mul_(beta).add_(stats, alpha=1.0 - beta)
+        else:
+            self.bounds[row].copy_(stats)
+            self.initialised[row] = True
+            self._initialised_host[row] = True
+
+    def observe(self, operands: Mapping[int, Tensor], training: bool) -> Tensor:
+        """Ranges for one call, fp32 [n, 2], given the call's operand tensors by row.
+
+        Training: fold the operands' statistics into the buffers, then return the buffers.
+        Eval: rows never trained are calibrated from the batch itself (used, not stored), so an
+        untrained optical model evaluates instead of producing NaN; trained rows are used as is.
+        """
+        if training:
+            for row, t in operands.items():
+                self.update(row, self.batch_stats(t))
+            return self.bounds
+        missing = [row for row in operands if not self._initialised_host[row]]
+        if not missing:
+            return self.bounds
+        bounds = self.bounds.clone()
+        for row in missing:
+            bounds[row] = self.batch_stats(operands[row])
+        return bounds
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        # Loading is allowed to read the device once: rebuild the host mirror of `initialised`.
+        self._initialised_host = [bool(v) for v in self.initialised.tolist()]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RangeTracker:
+        # Keep the statistics fp32 through model.to(bf16)/half(): only device moves apply.
+        bounds = self.bounds
+        super()._apply(fn, recurse)
+        if self.bounds.dtype != torch.float32:
+            self.bounds = bounds.to(device=self.bounds.device, dtype=torch.float32)
+        return self
+
+    def extra_repr(self) -> str:
+        stats = f"quantiles={self.quantiles}" if self.quantiles is not None else "min/max"
+        return f"names={self.names}, smooth_factor={self.smooth_factor}, {stats}"

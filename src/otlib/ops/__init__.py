@@ -1,0 +1,24 @@
+"""otlib.ops: the functional optical numerics (quantizer, optical linear, optical matmul).
+
+CUDA tensors run Triton kernels (otlib.kernels); CPU tensors run the plain-PyTorch reference,
+which is also the oracle the kernels are tested against. See docs/numerics.md for the math.
+"""
+
+from ._dispatch import force_reference
+from .optical_linear import optical_linear
+from .optical_matmul import optical_matmul
+from .philox import philox_uniform
+from .quantize import quantize
+from .reference import optical_linear_ref, optical_matmul_ref, quant_params, quantize_core
+
+__all__ = [
+    "force_reference",
+    "optical_linear",
+    "optical_linear_ref",
+    "optical_matmul",
+    "optical_matmul_ref",
+    "philox_uniform",
+    "quant_params",
+    "quantize",
+    "quantize_core",
+]

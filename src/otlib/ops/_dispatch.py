@@ -1,0 +1,48 @@
+"""Backend choice: CUDA tensors run the Triton kernels, everything else the PyTorch reference.
+
+`OTLIB_FORCE_REFERENCE=1` in the environment (read at import) or `force_reference()` makes
+CUDA tensors use the reference too — for A/B tests and for debugging a kernel. Kernel modules
+are imported lazily so `import otlib` works without Triton (CPU-only installs, macOS).
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from torch import Tensor
+
+_force_reference = os.environ.get("OTLIB_FORCE_REFERENCE", "0") == "1"
+
+
+def use_kernels(t: Tensor) -> bool:
+    """True when `t` lives on a CUDA device and the reference is not forced."""
+    return t.is_cuda and not _force_reference
+
+
+@contextlib.contextmanager
+def force_reference(enabled: bool = True) -> Iterator[None]:
+    """Context manager: run the PyTorch reference even for CUDA tensors (not thread-safe; not for torch.compile)."""
+    global _force_reference
+    previous, _force_reference = _force_reference, enabled
+    try:
+        yield
+    finally:
+        _force_reference = previous
+
+
+def check_common(levels: int, lut_min: float | None, numerics: str) -> None:
+    """One-line errors naming the bad value for the arguments every op shares."""
+    if not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an int >= 2, got {levels!r}")
+    if lut_min is not None and not 0.0 <= lut_min < 1.0:
+        raise ValueError(f"lut_min must be None or in [0, 1), got {lut_min!r}")
+    if numerics not in ("fixed", "mase"):
+        raise ValueError(f"numerics must be 'fixed' or 'mase', got {numerics!r}")
+
+
+def check_state(ranges: Tensor, rng: Tensor) -> None:
+    """ranges: fp32 [3, 2]; rng: int64 [3] — shapes and dtypes only (never the values: no host sync)."""
+    if tuple(ranges.shape) != (3, 2):
+        raise ValueError(f"ranges must have shape (3, 2), got {tuple(ranges.shape)}")
+    if tuple(rng.shape) != (3,) or rng.dtype.is_floating_point:
+        raise ValueError(f"rng must be an integer tensor of shape (3,), got {rng.dtype} {tuple(rng.shape)}")

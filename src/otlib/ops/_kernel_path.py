@@ -1,0 +1,117 @@
+"""CUDA path of the optical ops: orchestrates the Triton launchers (imported lazily).
+
+Fast path (numerics="fixed", fixed out range): one fused GEMM whose epilogue observes the
+accumulator's min/max and does the stochastic read-out + bias. Otherwise (calibrate_out, or
+"mase") the GEMM writes the fp32 accumulator and its min/max, the out range is formed on the
+device, and the quantize kernel does the read-out — still no host sync.
+"""
+
+import torch
+from torch import Tensor
+
+from .reference import quant_params
+
+
+def _readout(
+    acc: Tensor,
+    acc_min: Tensor,
+    acc_max: Tensor,
+    bias: Tensor | None,
+    ranges: Tensor,
+    rng: Tensor,
+    n: int,
+    *,
+    numerics: str,
+    calibrate_out: bool,
+    act_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from ..kernels.quantize import quantize_fwd
+
+    mase = numerics == "mase"
+    lo, hi = (acc_min, acc_max) if calibrate_out else (ranges[2, 0], ranges[2, 1])
+    pout = quant_params(lo, hi, None, acc.device)
+    y = quantize_fwd(
+        acc,
+        pout,
+        rng,
+        n,
+        stochastic=True,
+        clamp_k=not mase,
+        single_dither=mase,
+        cast_dtype=act_dtype if mase else None,
+        bias=None if mase else bias,
+        out_dtype=torch.float32 if mase else act_dtype,
+    )
+    if not mase:
+        return y, acc_min, acc_max
+    ymin, ymax = torch.aminmax(y) if y.numel() else (acc_max.clone(), acc_min.clone())
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(act_dtype), ymin, ymax
+
+
+def linear_kernel_path(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ranges: Tensor,
+    rng: Tensor,
+    *,
+    levels: int,
+    lut_min: float | None,
+    numerics: str,
+    calibrate_out: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from ..kernels.optical_linear import optical_linear_fwd
+
+    n, dev = levels - 1, x.device
+    x2 = x.reshape(-1, x.shape[-1])
+    px = quant_params(ranges[0, 0], ranges[0, 1], None, dev)
+    pw = quant_params(ranges[1, 0], ranges[1, 1], lut_min, dev)
+    fused = numerics == "fixed" and not calibrate_out
+    pout = quant_params(ranges[2, 0], ranges[2, 1], None, dev) if fused else None
+    out, acc_min, acc_max = optical_linear_fwd(
+        x2, weight, bias if fused else None, px, pw, pout, rng, n, lut=lut_min is not None, out_dtype=x.dtype
+    )
+    if fused:
+        y, omin, omax = out, acc_min, acc_max
+    else:
+        y, omin, omax = _readout(
+            out,
+            acc_min,
+            acc_max,
+            bias,
+            ranges,
+            rng,
+            n,
+            numerics=numerics,
+            calibrate_out=calibrate_out,
+            act_dtype=x.dtype,
+        )
+    return y.view(*x.shape[:-1], weight.shape[0]), omin, omax
+
+
+def matmul_kernel_path(
+    a: Tensor,
+    b: Tensor,
+    ranges: Tensor,
+    rng: Tensor,
+    *,
+    levels: int,
+    lut_min: float | None,
+    numerics: str,
+    calibrate_out: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from ..kernels.optical_matmul import optical_matmul_fwd
+
+    n, dev = levels - 1, a.device
+    pa = quant_params(ranges[0, 0], ranges[0, 1], None, dev)
+    pb = quant_params(ranges[1, 0], ranges[1, 1], lut_min, dev)
+    fused = numerics == "fixed" and not calibrate_out
+    pout = quant_params(ranges[2, 0], ranges[2, 1], None, dev) if fused else None
+    out, acc_min, acc_max = optical_matmul_fwd(a, b, pa, pb, pout, rng, n, lut=lut_min is not None, out_dtype=a.dtype)
+    if fused:
+        return out, acc_min, acc_max
+    return _readout(
+        out, acc_min, acc_max, None, ranges, rng, n, numerics=numerics, calibrate_out=calibrate_out, act_dtype=a.dtype
+    )

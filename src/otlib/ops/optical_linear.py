@@ -1,0 +1,101 @@
+"""`otlib.ops.optical_linear`: differentiable optical linear layer op (torch.library custom op).
+
+Forward (docs/numerics.md):  Y = Q_stoch(Q_det(X) · LUT(Q_det(W))ᵀ; out range) + b, bias digital.
+Backward (straight-through): grad_X = grad_Y · W, grad_W = grad_Yᵀ · X, grad_b = Σ grad_Y, with the
+UNQUANTIZED operands; ranges and rng are state, never differentiated.
+
+A `torch.library.custom_op` with a fake (meta) kernel, so `torch.compile(fullgraph=True)` traces
+through it; CUDA tensors run the Triton kernels, all others the PyTorch reference.
+"""
+
+import torch
+from torch import Tensor
+
+from ._dispatch import check_common, check_state, use_kernels
+from ._kernel_path import linear_kernel_path
+from .reference import optical_linear_ref
+
+
+@torch.library.custom_op("otlib::optical_linear", mutates_args=())
+def _optical_linear_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ranges: Tensor,
+    rng: Tensor,
+    levels: int,
+    lut_min: float | None,
+    numerics: str,
+    calibrate_out: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    impl = linear_kernel_path if use_kernels(x) else optical_linear_ref
+    # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
+    with torch.autocast(x.device.type, enabled=False):
+        return impl(
+            x, weight, bias, ranges, rng, levels=levels, lut_min=lut_min, numerics=numerics, calibrate_out=calibrate_out
+        )
+
+
+@_optical_linear_op.register_fake
+def _(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out):
+    y = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    stat = x.new_empty((), dtype=torch.float32)
+    return y, stat, stat.clone()
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias = inputs[:3]
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad_y: Tensor, _gmin: Tensor, _gmax: Tensor):
+    # Straight-through: the quantizers are treated as identity, so these are nn.Linear's gradients.
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dt = grad_y.dtype
+    gy2 = grad_y.reshape(-1, grad_y.shape[-1])
+    gx = (grad_y @ weight.to(dt)).to(x.dtype) if need_x else None
+    gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype) if need_w else None
+    gb = gy2.float().sum(0).to(ctx.bias_dtype) if (need_b and ctx.has_bias) else None
+    return gx, gw, gb, None, None, None, None, None, None
+
+
+_optical_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def optical_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ranges: Tensor,
+    rng: Tensor,
+    *,
+    levels: int,
+    lut_min: float | None,
+    numerics: str = "fixed",
+    calibrate_out: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Optical linear layer.
+
+    x [..., K] (fp32/bf16/fp16), weight [N, K], bias [N] or None; ranges fp32 [3, 2] rows (x, w, out)
+    of (lo, hi); rng int64 [3] = (seed, call counter, stream id), read on the device.
+    calibrate_out (host bool): use this call's accumulator min/max as the out range.
+    Under torch.autocast, x is first cast to the autocast dtype (as nn.Linear's output would be).
+    Returns y [..., N] in x's dtype, and fp32 0-d out_min/out_max of the pre-quantization accumulator
+    (numerics="mase": of the quantized output, the peer's defect 3).
+    """
+    check_common(levels, lut_min, numerics)
+    check_state(ranges, rng)
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"weight must be [N, {x.shape[-1]}] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        # nn.Linear's autocast rule for the output dtype: the activation is cast to the autocast dtype, so y has it;
+        # weight and bias are read in their own dtype (fp32 master weights are quantized directly, no bf16 copy)
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return _optical_linear_op(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out)

@@ -1,0 +1,105 @@
+"""`otlib.ops.optical_matmul`: differentiable batched optical matmul (attention's Q·Kᵀ and P·V).
+
+Forward (docs/numerics.md):  C = Q_stoch(Q_det(A) · LUT(Q_det(B)); out range), B the SLM operand.
+a [..., M, K] @ b [..., K, N]; leading dims broadcast, and dim −3 may be grouped (GQA: a has H heads,
+b has Hkv heads with H % Hkv == 0, head h uses b's head h // (H / Hkv)) so repeat_kv is not needed.
+Backward (straight-through): grad_A = grad_C · Bᵀ, grad_B = Aᵀ · grad_C with unquantized operands,
+summed over broadcast / grouped dims.
+"""
+
+import torch
+from torch import Tensor
+
+from ._dispatch import check_common, check_state, use_kernels
+from ._kernel_path import matmul_kernel_path
+from .reference import expand_groups, optical_matmul_ref
+
+
+def _out_shape(a: Tensor, b: Tensor) -> list[int]:
+    lead_b = list(b.shape[:-2])
+    if a.dim() >= 3 and b.dim() >= 3 and b.shape[-3] not in (1, a.shape[-3]) and a.shape[-3] % b.shape[-3] == 0:
+        lead_b[-1] = a.shape[-3]  # grouped heads
+    lead = torch.broadcast_shapes(tuple(a.shape[:-2]), tuple(lead_b))
+    return [*lead, a.shape[-2], b.shape[-1]]
+
+
+@torch.library.custom_op("otlib::optical_matmul", mutates_args=())
+def _optical_matmul_op(
+    a: Tensor,
+    b: Tensor,
+    ranges: Tensor,
+    rng: Tensor,
+    levels: int,
+    lut_min: float | None,
+    numerics: str,
+    calibrate_out: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    impl = matmul_kernel_path if use_kernels(a) else optical_matmul_ref
+    # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
+    with torch.autocast(a.device.type, enabled=False):
+        return impl(a, b, ranges, rng, levels=levels, lut_min=lut_min, numerics=numerics, calibrate_out=calibrate_out)
+
+
+@_optical_matmul_op.register_fake
+def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out):
+    c = a.new_empty(_out_shape(a, b))
+    stat = a.new_empty((), dtype=torch.float32)
+    return c, stat, stat.clone()
+
+
+def _reduce_grad_b(g: Tensor, b: Tensor) -> Tensor:
+    """Sum a gradient of the expanded b back to b's shape (grouped heads, then broadcast dims)."""
+    if g.dim() >= 3 and b.dim() >= 3 and g.shape[-3] != b.shape[-3] and b.shape[-3] != 1:
+        g = g.unflatten(-3, (b.shape[-3], g.shape[-3] // b.shape[-3])).sum(-3)
+    return g.sum_to_size(b.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _backward(ctx, grad_c: Tensor, _gmin: Tensor, _gmax: Tensor):
+    # Straight-through: identity quantizers, so these are torch.matmul's gradients.
+    a, b = ctx.saved_tensors
+    dt = grad_c.dtype
+    bx = expand_groups(a, b).to(dt)
+    ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
+    gb = _reduce_grad_b(a.to(dt).transpose(-1, -2) @ grad_c, b).to(b.dtype) if ctx.needs_input_grad[1] else None
+    return ga, gb, None, None, None, None, None, None
+
+
+_optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def optical_matmul(
+    a: Tensor,
+    b: Tensor,
+    ranges: Tensor,
+    rng: Tensor,
+    *,
+    levels: int,
+    lut_min: float | None,
+    numerics: str = "fixed",
+    calibrate_out: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Optical batched matmul: a [..., M, K] @ b [..., K, N] → (c in a's dtype, out_min, out_max).
+
+    ranges fp32 [3, 2] rows (a, b, out) of (lo, hi); rng int64 [3] = (seed, call counter, stream).
+    out_min/out_max: fp32 0-d min/max of the pre-quantization accumulator (mase: of the quantized output).
+    Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
+    quantizers still compute in fp32.
+    """
+    check_common(levels, lut_min, numerics)
+    check_state(ranges, rng)
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"optical_matmul needs a [..., M, K] and b [..., K, N], got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    try:
+        _out_shape(a, b)
+    except RuntimeError as e:
+        raise ValueError(f"leading dims of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast") from e
+    if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
+        dt = torch.get_autocast_dtype(a.device.type)
+        a, b = a.to(dt), b.to(dt)
+    return _optical_matmul_op(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out)

@@ -1,0 +1,147 @@
+"""otlib.ops.quantize: the reference against hand-computed values, the Triton kernel (interpreted on CPU)
+against the reference bit for bit, LUT floor, offsets, and the statistics of stochastic rounding."""
+
+import pytest
+import torch
+from helpers import assert_equal_verbose
+
+from otlib.ops import quant_params, quantize
+from otlib.ops.philox import philox_uniform
+from otlib.ops.reference import quantize_core
+
+triton = pytest.importorskip("triton", reason="Triton is not installed")
+from otlib.kernels.quantize import quantize_fwd  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _kernel(x, lo, hi, levels=256, *, lut_min=None, stochastic=False, seed=0, counter=0, stream=0, offset=0):
+    p = quant_params(lo, hi, lut_min, x.device)
+    rng = torch.tensor([seed, counter, stream], device=x.device)
+    return quantize_fwd(x, p, rng, levels - 1, lut=lut_min is not None, stochastic=stochastic, offset=offset)
+
+
+def _reference(x, lo, hi, levels=256, **kw):
+    with torch.device(x.device):
+        from otlib.ops import force_reference
+
+        with force_reference():
+            return quantize(x, lo, hi, levels, **kw)
+
+
+def test_hand_computed_values():
+    # lo=-1, hi=1, 5 levels (n=4): t = (x+1)/2·4; ties 1.5→2, 2.5→2, 3.5→4 (half to even)
+    x = torch.tensor([-2.0, -1.0, -0.6, -0.25, 0.0, 0.25, 0.5, 0.75, 2.0])
+    expected = torch.tensor([-1.0, -1.0, -0.5, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0])
+    assert_equal_verbose(quantize(x, -1.0, 1.0, 5), expected)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "lam", "expected"),
+    [
+        # grid step 0.5 around 0; positive floor λ·hi, negative floor −λ·|lo|; exact zero stays zero
+        (-1.0, 1.0, 0.6, [-1.0, -0.6, 0.0, 0.6, 1.0]),
+        (-1.0, 3.0, 0.3, [-1.0, -0.5, 0.0, 0.9, 1.0]),  # λ·hi = 0.9 lifts 0.5; −λ·|lo| = −0.3 leaves −0.5
+        (-3.0, 1.0, 0.3, [-1.0, -0.9, 0.0, 0.5, 1.0]),  # −λ·|lo| = −0.9 lowers −0.5; λ·hi = 0.3 leaves 0.5
+    ],
+)
+def test_lut_floor(lo, hi, lam, expected):
+    levels = round((hi - lo) / 0.5) + 1
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
+    got = quantize(x, lo, hi, levels, lut_min=lam)
+    assert_equal_verbose(got, torch.tensor(expected))
+    assert_equal_verbose(_kernel(x.to(DEVICE), lo, hi, levels, lut_min=lam).cpu(), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 131_101])
+@pytest.mark.parametrize("lut_min", [None, 0.020040])
+def test_kernel_matches_reference_deterministic(n, lut_min):
+    x = torch.randn(n, device=DEVICE) * 3
+    lo, hi = -2.3 * torch.rand(()).item(), 0.5 + 2 * torch.rand(()).item()
+    assert_equal_verbose(_kernel(x, lo, hi, lut_min=lut_min), _reference(x, lo, hi, lut_min=lut_min))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    x = (torch.randn(3, 37, device=DEVICE) * 2).to(dtype)
+    got = _kernel(x, -1.5, 2.0, lut_min=0.02)
+    assert got.dtype == dtype
+    assert_equal_verbose(got, _reference(x, -1.5, 2.0, lut_min=0.02))
+    # arithmetic is fp32: the same as quantizing the fp32 upcast, then rounding to dtype
+    assert_equal_verbose(got, quantize(x.float().cpu(), -1.5, 2.0, lut_min=0.02).to(dtype).to(got.device))
+
+
+def test_tensor_range_equals_float_range():
+    x = torch.randn(999)
+    lo, hi = torch.tensor(-1.25), torch.tensor(1.75)
+    assert_equal_verbose(quantize(x, lo, hi, 16, lut_min=0.1), quantize(x, -1.25, 1.75, 16, lut_min=0.1))
+    assert_equal_verbose(
+        quantize(x, lo, hi, stochastic=True, seed=torch.tensor(5), counter=torch.tensor(2)),
+        quantize(x, -1.25, 1.75, stochastic=True, seed=5, counter=2),
+    )
+
+
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
+def test_offset_pieces_equal_whole(impl):
+    x = torch.randn(10_001, device=DEVICE)
+    q = _reference if impl == "reference" else _kernel
+    kw = {"stochastic": True, "seed": 2**35 + 3, "counter": 9, "stream": 4}
+    whole = q(x, -2.0, 2.0, **kw)
+    pieces = torch.cat([q(x[:3333], -2.0, 2.0, **kw), q(x[3333:], -2.0, 2.0, offset=3333, **kw)])
+    assert_equal_verbose(pieces, whole)
+
+
+@pytest.mark.parametrize("lut_min", [None, 0.05])
+def test_kernel_matches_reference_stochastic(lut_min):
+    x = torch.randn(50_001, device=DEVICE)
+    kw = {"lut_min": lut_min, "stochastic": True, "seed": 77, "counter": 3, "stream": 11, "offset": 2**32 - 100}
+    assert_equal_verbose(_kernel(x, -1.7, 2.1, **kw), _reference(x, -1.7, 2.1, **kw))
+
+
+def test_stochastic_unbiased_and_independent():
+    n, lo, hi = 1_000_000, -1.0, 1.0
+    step = (hi - lo) / 255
+    x = torch.rand(n) * 1.9 - 0.95  # inside the range: no clamping bias
+    err = (quantize(x, lo, hi, stochastic=True, seed=123) - x) / step
+    assert err.abs().max() <= 1.0 + 1e-3  # never more than one level away
+    assert abs(err.mean().item()) < 0.01 * 0.2  # mean error well under 0.01 of a level (std of the mean ≈ 3e-4)
+    assert abs(torch.corrcoef(torch.stack([err[:-1], err[1:]]))[0, 1].item()) < 0.01  # neighbours uncorrelated
+    # dithered rounding is exactly unbiased per element: E[k] = t; check one fractional position well
+    t_frac = 0.3
+    x1 = torch.full((200_000,), lo + t_frac * step)
+    up = (quantize(x1, lo, hi, stochastic=True, seed=9) > x1).float().mean().item()
+    assert abs(up - t_frac) < 0.005
+
+
+def test_stochastic_varies_with_seed_counter_stream_and_reproduces():
+    x = torch.randn(20_000)
+    base = quantize(x, -2.0, 2.0, stochastic=True, seed=1, counter=1, stream=1)
+    assert_equal_verbose(base, quantize(x, -2.0, 2.0, stochastic=True, seed=1, counter=1, stream=1))
+    for kw in (
+        {"seed": 2, "counter": 1, "stream": 1},
+        {"seed": 1, "counter": 2, "stream": 1},
+        {"seed": 1, "counter": 1, "stream": 2},
+    ):
+        other = quantize(x, -2.0, 2.0, stochastic=True, **kw)
+        assert (other != base).float().mean() > 0.3, kw
+
+
+def test_stochastic_level_clamped_at_saturation():
+    # at t = n, n + u − ½ rounds up to n + ½ in fp32 when u is within an ulp of 1 (likely for large n,
+    # where the ulp of n is coarse), and then to n + 1 (ties to even); fixed numerics clamp k to n
+    x = torch.full((100_000,), 5.0)
+    assert quantize(x, -1.0, 1.0, 65536, stochastic=True, seed=3).max().item() == 1.0
+    p = quant_params(-1.0, 1.0, None, "cpu")
+    u = philox_uniform(x.numel(), 3)
+    unclamped = quantize_core(x, p, 65535, u=u, clamp_k=False)
+    assert unclamped.max().item() > 1.0  # the peer's level n + 1 (defect 8) does occur
+
+
+def test_bad_arguments():
+    x = torch.randn(4)
+    with pytest.raises(ValueError, match="levels"):
+        quantize(x, -1.0, 1.0, 1)
+    with pytest.raises(ValueError, match="lut_min"):
+        quantize(x, -1.0, 1.0, lut_min=1.5)
+    with pytest.raises(ValueError, match="offset"):
+        quantize(x, -1.0, 1.0, offset=-1)
