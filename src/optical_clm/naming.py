@@ -27,17 +27,20 @@ CORPUS_META = "results/corpus/{dataset}.json"
 TOKENIZER_DIR = "results/tokenizer/{dataset}"
 TOKENIZED_DIR = "results/tokenized/{dataset}"
 BASE_MODEL_DIR = "results/models/{model}"
-RUN_DIR = "results/runs/{model}/{mode}/lr{lr}"
+RUN_KEY = "{model}/{mode}/lr{lr}"  # one run's identity as a relative path (also its log file names)
+RUN_DIR = f"results/runs/{RUN_KEY}"
 TRAIN_LOG = RUN_DIR + "/train_log.csv"
 METRICS = RUN_DIR + "/metrics.json"
 SMOOTHED_LOG = RUN_DIR + "/train_log.smoothed.csv"
-CKPT_DIR = "results/checkpoints/{model}/{mode}/lr{lr}"
+CKPT_DIR = f"results/checkpoints/{RUN_KEY}"
 PRETRAIN_CKPT_DIR = "results/checkpoints/{model}/pretrain"  # "pretrain" is not a mode: no clash
 SUMMARY_CSV = "results/summary.csv"
 SUMMARY_MD = "results/summary.md"
 FIGURE_DIR = "results/figures"
 FIGURES = ("lr_sensitivity", "scaling", "overview")  # plus loss_curves_{model} per model
 FIGURE_EXTS = ("png", "pdf")
+LOG = "logs/{rule}/{key}.log"  # every job's log; `key` is e.g. RUN_KEY, "{model}" or "{dataset}"
+BENCHMARK = "logs/benchmarks/{rule}/{key}.tsv"  # Snakemake's per-job time and memory record
 
 _RUN_DIR_RE = re.compile(rf"(?:^|/)runs/(?P<model>{MODEL_RE})/(?P<mode>{MODE_RE})/lr(?P<lr>{LR_RE})/?$")
 

@@ -23,9 +23,11 @@ def _ids() -> torch.Tensor:
 
 
 def _optical(dtype: torch.dtype = torch.float32, **cfg: object) -> torch.nn.Module:
-    model = tiny_llama(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, intermediate_size=512)
+    digital = tiny_llama(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, intermediate_size=512)
+    # built in `dtype` as from_pretrained does (model.to(bf16) would also cast RoPE's inv_freq to bf16)
+    model = type(digital)._from_config(digital.config, dtype=dtype).to("cuda")
     otlib.transform(model, otlib.TransformConfig(**cfg))
-    return model.to("cuda", dtype)
+    return model
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -157,3 +157,18 @@ def test_mase_numerics_run(use_lora):
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
+
+
+def test_generation_with_kv_cache():
+    model = _trained_optical()
+    ids = random_ids()
+    state = copy.deepcopy(model.state_dict())
+    model.eval()
+    with torch.no_grad():
+        first = model(ids).logits[:, -1].argmax(-1)
+        model.load_state_dict(state)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0
+        )
+    assert out.shape == (2, T + 4)
+    assert torch.equal(out[:, T], first)  # the prefill step is the plain forward, same dither

@@ -5,6 +5,7 @@ hub model. Built once (about 2 s), so every test stays fast and offline.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -61,28 +62,44 @@ def script():
     return run_script
 
 
-@pytest.fixture
-def cli_main(monkeypatch):
-    """`cli_main(name, *args)`: a workflow script's main() in this process -> its exit code.
+def load_script(name: str):
+    """Import workflow/scripts/NAME.py as a module (its `main(argv)` is the command line)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def in_process_cli():
+    """`call(name, *args)`: a workflow script's main() in this process -> its exit code.
 
     Same code path as the command line (cli.guarded included) without the interpreter start and
-    imports, which cost several seconds per subprocess on a 2-core machine.
+    imports, which cost several seconds per subprocess on a 2-core machine. One torch thread, as in
+    the subprocess runs (OMP_NUM_THREADS=1), so logs compare bit for bit.
     """
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(REPO)
-    modules = {}
+    modules: dict = {}
 
     def call(name: str, *args) -> int:
         if name not in modules:
-            spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-            modules[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(modules[name])
+            modules[name] = load_script(name)
         return cli.guarded(modules[name].main, [str(a) for a in args])
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocess runs (OMP_NUM_THREADS=1), so logs compare bit for bit
-    yield call
-    torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.chdir(REPO)
+        torch.set_num_threads(1)
+        try:
+            yield call
+        finally:
+            torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_main():
+    with in_process_cli() as call:
+        yield call
 
 
 @pytest.fixture(scope="session")

@@ -70,3 +70,18 @@ def test_scripts_fail_in_one_line(tmp_path, script):
     assert res.returncode != 0 and res.stderr.strip().splitlines() == [
         f"error: corpus file not found: {tmp_path}/missing.txt"
     ]
+
+
+def test_tokenize_a_local_dataset_in_streaming_mode(tiny_assets, tmp_path, cli_main):
+    """The --hf-dataset path (streaming, stop at --max-tokens) on a local JSON-lines dataset, offline."""
+    rows = [{"text": f"def f{i}(x):\n    return x * {i}\n", "id": i} for i in range(400)]
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "tok"
+    args = ["--tokenizer", tiny_assets["tokenizer"], "--hf-dataset", tmp_path / "ds", "--out-dir", out,
+            "--eval-tokens", "300", "--max-tokens", "2000"]  # fmt: skip
+    assert cli_main("tokenize_data", *args) == 0
+    opened = data.TokenData.open(out)
+    assert (len(opened.train), len(opened.eval)) == (2000, 300)
+    assert opened.meta["source"] == f"hf:{tmp_path / 'ds'}:train"
+    assert cli_main("tokenize_data", *args[:-4], "--text-column", "body") == 2  # no such column

@@ -33,18 +33,20 @@ def without_time(rows):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_assets, tmp_path_factory, script, ft_args):
-    """An uninterrupted tiny fine-tune from the command line (24 steps), reused by several tests."""
+def reference_run(tiny_assets, tmp_path_factory, ft_args):
+    """An uninterrupted tiny fine-tune (24 steps), reused by several tests."""
+    from conftest import in_process_cli
+
     out = tmp_path_factory.mktemp("reference")
     start = time.time()
-    res = script("finetune", *ft_args(out, "--checkpoint-every", "5", "--eval-every", "10"))
-    assert res.returncode == 0, res.stderr
+    with in_process_cli() as call:
+        assert call("finetune", *ft_args(out, "--checkpoint-every", "5", "--eval-every", "10")) == 0
     return out, time.time() - start
 
 
 def test_tiny_run_outputs_and_speed(reference_run):
     out, seconds = reference_run
-    assert seconds < 30
+    assert seconds < 30  # hidden 64, 2 layers (the command line adds ~5 s of imports)
     rows = read_log(out / "run")
     assert list(rows[0]) == list(training.LOG_COLUMNS)
     assert [int(r["step"]) for r in rows] == list(range(1, 25))
@@ -66,7 +68,7 @@ def test_same_seed_same_log(reference_run, tmp_path, cli_main, ft_args):
     assert cli_main("finetune", *ft_args(tmp_path / "b")) == 0
     log_a = without_time(read_log(tmp_path / "a" / "run"))
     assert log_a == without_time(read_log(tmp_path / "b" / "run"))
-    # and the same as the command-line run, which also checkpointed and evaluated on the way
+    # and the same as the reference run, which also checkpointed and evaluated on the way
     assert log_a == without_time(read_log(reference_run[0] / "run"))
     assert cli_main("finetune", *ft_args(tmp_path / "c", "--seed", "1")) == 0
     assert read_log(tmp_path / "c" / "run")[0]["loss"] != log_a[0]["loss"]
@@ -77,6 +79,20 @@ def test_accumulation_split_gives_the_same_losses(tmp_path, cli_main, ft_args):
     assert cli_main("finetune", *ft_args(tmp_path / "b", "--per-device-batch-size", "1", "--tokens", "1024")) == 0
     a, b = read_log(tmp_path / "a" / "run"), read_log(tmp_path / "b" / "run")
     assert [float(r["loss"]) for r in a] == pytest.approx([float(r["loss"]) for r in b], rel=1e-4)
+
+
+def test_token_rule_and_saved_model(tiny_assets, tmp_path, cli_main, ft_args):
+    from transformers import AutoModelForCausalLM
+
+    args = [str(a) for a in ft_args(tmp_path, "--save-model")]
+    i = args.index("--tokens")
+    args[i : i + 2] = ["--token-ratio", "0.01"]  # tokens = 0.01 x N_params, as the study's 0.22
+    assert cli_main("finetune", *args) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["tokens"] == round(0.01 * metrics["params"])
+    assert metrics["steps"] == metrics["config"]["tokens"] // 128 > 0
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert saved.num_parameters() == metrics["params_with_input_embedding"]
 
 
 def test_sigkill_and_sigterm_then_resume_log_each_step_once(reference_run, tmp_path, ft_args):

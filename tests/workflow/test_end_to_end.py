@@ -61,19 +61,13 @@ def test_second_run_has_nothing_to_do(study):
 
 def test_plot_code_change_reruns_only_plot(study):
     script = study / "workflow/scripts/plot.py"
-    original = script.read_text()
-    script.write_text(original + "\n# a reader asked for larger fonts\n")
-    try:
-        assert planned_jobs(*CONFIG, cwd=study) == Counter(plot=1, all=1)
-        train_log = study / RUN / "train_log.csv"
-        before = train_log.stat().st_mtime_ns
-        snakemake("--cores", "2", *CONFIG, cwd=study)
-        assert train_log.stat().st_mtime_ns == before
-    finally:
-        script.write_text(original)
-    # restoring the script is a change too: the figures were last drawn by the edited one
+    script.write_text(script.read_text() + "\n# a reader asked for larger fonts\n")  # kept: the copy is ours
     assert planned_jobs(*CONFIG, cwd=study) == Counter(plot=1, all=1)
+    train_log = study / RUN / "train_log.csv"
+    before = train_log.stat().st_mtime_ns
     snakemake("--cores", "2", *CONFIG, cwd=study)
+    assert train_log.stat().st_mtime_ns == before
+    assert planned_jobs(*CONFIG, cwd=study) == Counter()
 
 
 def test_smoothing_change_reruns_only_analysis(study):

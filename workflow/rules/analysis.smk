@@ -23,9 +23,9 @@ rule smooth:
     params:
         smoothing=get_smoothing_args,
     log:
-        "logs/smooth/{model}/{mode}/lr{lr}.log",
+        log_of("smooth", naming.RUN_KEY),
     benchmark:
-        "logs/benchmarks/smooth/{model}/{mode}/lr{lr}.tsv"
+        benchmark_of("smooth", naming.RUN_KEY)
     conda:
         "../../environment.yml"
     shell:
@@ -48,9 +48,9 @@ rule summarize:
         external=get_external_arg,
         smoothing=get_smoothing_args,  # for external logs, which have no smoothed file
     log:
-        "logs/summarize/summarize.log",
+        log_of("summarize", "summarize"),
     benchmark:
-        "logs/benchmarks/summarize/summarize.tsv"
+        benchmark_of("summarize", "summarize")
     conda:
         "../../environment.yml"
     shell:
@@ -81,9 +81,9 @@ rule plot:
         x=config["plot"]["x"],
         out_dir=output_dir,
     log:
-        "logs/plot/plot.log",
+        log_of("plot", "plot"),
     benchmark:
-        "logs/benchmarks/plot/plot.tsv"
+        benchmark_of("plot", "plot")
     conda:
         "../../environment.yml"
     shell:

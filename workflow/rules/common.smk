@@ -193,6 +193,15 @@ def get_run_dirs(wildcards):
     return run_files(naming.RUN_DIR)
 
 
+def log_of(rule, key):
+    """`logs/<rule>/<key>.log`, `key` keeping its wildcards (e.g. naming.RUN_KEY)."""
+    return naming.LOG.format(rule=rule, key=key)
+
+
+def benchmark_of(rule, key):
+    return naming.BENCHMARK.format(rule=rule, key=key)
+
+
 def figure_caption(path):
     """The report caption (workflow/report/<name>.rst) of a figure file: one caption per kind of figure."""
     stem = Path(path).stem

@@ -17,9 +17,9 @@ rule corpus:
         max_mb=config["data"]["max_mb"],
         python=PYTHON_VERSION,  # the stdlib is the corpus: another Python version is another corpus
     log:
-        "logs/corpus/{dataset}.log",
+        log_of("corpus", "{dataset}"),
     benchmark:
-        "logs/benchmarks/corpus/{dataset}.tsv"
+        benchmark_of("corpus", "{dataset}")
     conda:
         "../../environment.yml"
     shell:
@@ -36,9 +36,9 @@ rule tokenizer:
     params:
         vocab_size=config["tokenizer"].get("vocab_size"),
     log:
-        "logs/tokenizer/{dataset}.log",
+        log_of("tokenizer", "{dataset}"),
     benchmark:
-        "logs/benchmarks/tokenizer/{dataset}.tsv"
+        benchmark_of("tokenizer", "{dataset}")
     conda:
         "../../environment.yml"
     shell:
@@ -60,9 +60,9 @@ rule tokenize:
         source=get_source_args,
         out_dir=output_dir,
     log:
-        "logs/tokenize/{dataset}.log",
+        log_of("tokenize", "{dataset}"),
     benchmark:
-        "logs/benchmarks/tokenize/{dataset}.tsv"
+        benchmark_of("tokenize", "{dataset}")
     threads: 4
     resources:
         mem_mb=16000,

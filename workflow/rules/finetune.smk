@@ -36,9 +36,9 @@ rule finetune:
         tracker=config["finetune"]["tracker"],
         launcher=get_launcher,
     log:
-        "logs/finetune/{model}/{mode}/lr{lr}.log",
+        log_of("finetune", naming.RUN_KEY),
     benchmark:
-        "logs/benchmarks/finetune/{model}/{mode}/lr{lr}.tsv"
+        benchmark_of("finetune", naming.RUN_KEY)
     threads: TRAIN_THREADS
     resources:
         gpu=TRAIN_GPUS,

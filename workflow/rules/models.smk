@@ -26,9 +26,9 @@ rule pretrain:
         seed=config["pretrain"]["seed"],
         ckpt_dir=naming.PRETRAIN_CKPT_DIR,
     log:
-        "logs/pretrain/{model}.log",
+        log_of("pretrain", "{model}"),
     benchmark:
-        "logs/benchmarks/pretrain/{model}.tsv"
+        benchmark_of("pretrain", "{model}")
     threads: TRAIN_THREADS
     resources:
         gpu=TRAIN_GPUS,

@@ -75,9 +75,9 @@ class OpticalAttentionState(nn.Module):
         self.qk.reset()
         self.av.reset()
         for rng, stream in ((self.rng_qk, self.streams[0]), (self.rng_av, self.streams[1])):
-            rng[0] = self.layer_config.q_init_seed
-            rng[1] = 0
-            rng[2] = stream
+            rng[0].fill_(self.layer_config.q_init_seed)
+            rng[1].fill_(0)
+            rng[2].fill_(stream)
 
     def extra_repr(self) -> str:
         cfg = self.layer_config
@@ -118,8 +118,8 @@ def optical_attention_forward(
     # The ops group heads themselves (query head h uses K/V head h // (H / Hkv)): no repeat_kv copy.
     key_t = key.transpose(-1, -2)  # [B, Hkv, D, S]: the SLM operand of Q·Kᵀ
     with torch.no_grad():  # fresh dither per call for both products, on the device
-        state.rng_qk[1] += 1
-        state.rng_av[1] += 1
+        state.rng_qk[1].add_(1)
+        state.rng_av[1].add_(1)
 
     # --- S = Q_stoch(Q_det(Q)·LUT(Q_det(Kᵀ)); qk range)·scaling + mask -------------------------------
     qk_ranges = state.qk.observe({A: query, B: key}, training)

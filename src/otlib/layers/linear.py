@@ -94,9 +94,9 @@ class OpticalLinear(nn.Linear):
     def reset_optical_state(self) -> None:
         """Ranges unset, call counter 0, adapters at their initialisation (B = 0: W_eff = W)."""
         self.stats.reset()
-        self.rng[0] = self.layer_config.q_init_seed
-        self.rng[1] = 0
-        self.rng[2] = self.stream
+        self.rng[0].fill_(self.layer_config.q_init_seed)
+        self.rng[1].fill_(0)
+        self.rng[2].fill_(self.stream)
         if self.lora_A is not None:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and peft initialise A
             nn.init.zeros_(self.lora_B)
@@ -131,7 +131,7 @@ class OpticalLinear(nn.Linear):
         if cfg.q_bypass:
             return F.linear(x, weight, self.bias)
         with torch.no_grad():
-            self.rng[1] += 1  # on the device: a fresh dither stream per call, no sync
+            self.rng[1].add_(1)  # on the device: a fresh dither stream per call, no sync
         ranges = self.stats.observe({X: x, W: weight}, self.training)
         y, out_min, out_max = ops.optical_linear(
             x,

@@ -102,9 +102,9 @@ class RangeTracker(nn.Module):
         self.initialised.zero_()
         for name, (lo, hi) in self.preset.items():
             row = self.names.index(name)
-            self.bounds[row, 0] = lo
-            self.bounds[row, 1] = hi
-            self.initialised[row] = True
+            self.bounds[row, 0].fill_(lo)
+            self.bounds[row, 1].fill_(hi)
+            self.initialised[row].fill_(True)
         self._initialised_host = [name in self.preset for name in self.names]
 
     def is_set(self, row: int) -> bool:
@@ -119,15 +119,19 @@ class RangeTracker(nn.Module):
         return torch.stack([lo, hi]).float()
 
     @torch.no_grad()
-    def update(self, row: int, stats: Tensor) -> None:
-        """Fold batch statistics fp32 [2] into row `row`: set on first use, EMA afterwards."""
-        stats = _all_reduce(stats.detach().float(), use_mean=self.quantiles is not None)
+    def update(self, row: int, stats: Tensor, *, quantiles: bool = False) -> None:
+        """Fold batch statistics fp32 [2] into row `row`: set on first use, EMA afterwards.
+
+        `stats` are the batch (min, max) — ranks combine them by MIN/MAX — or, with `quantiles=True`,
+        the batch quantiles — ranks average them.
+        """
+        stats = _all_reduce(stats.detach().float(), use_mean=quantiles)
         if self._initialised_host[row]:
             beta = self.smooth_factor
             self.bounds[row].mul_(beta).add_(stats, alpha=1.0 - beta)
         else:
             self.bounds[row].copy_(stats)
-            self.initialised[row] = True
+            self.initialised[row].fill_(True)  # fill_, not `= True`: item assignment copies host → device (a sync)
             self._initialised_host[row] = True
 
     def observe(self, operands: Mapping[int, Tensor], training: bool) -> Tensor:
@@ -139,7 +143,7 @@ class RangeTracker(nn.Module):
         """
         if training:
             for row, t in operands.items():
-                self.update(row, self.batch_stats(t))
+                self.update(row, self.batch_stats(t), quantiles=self.quantiles is not None)
             return self.bounds
         missing = [row for row in operands if not self._initialised_host[row]]
         if not missing:
