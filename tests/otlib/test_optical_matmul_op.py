@@ -146,3 +146,13 @@ def test_custom_op_through_kernel_path(monkeypatch):
         )
         assert_readout_close(c, r, 4.0 / (LEVELS - 1))
         assert torch.isfinite(lo) and lo < hi
+
+
+def test_autocast_casts_operands_and_keeps_fp32_product():
+    a, b = torch.randn(2, 4, 8, 16), torch.randn(2, 2, 16, 8)
+    ranges, rng = _state(a, b, 5.0, device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c, lo, hi = optical_matmul(a, b, ranges, rng, levels=LEVELS, lut_min=LUT)
+    assert c.dtype == torch.bfloat16 and lo.dtype == torch.float32 and lo < hi
+    r, _, _ = optical_matmul(a.bfloat16(), b.bfloat16(), ranges, rng, levels=LEVELS, lut_min=LUT)
+    assert torch.equal(c, r)

@@ -68,12 +68,7 @@ rule plot:
         script="workflow/scripts/plot.py",
         code=code_of("plot"),
     output:
-        [
-            report(path, caption=f"../report/{figure_caption(path)}.rst", category="Figures")
-            if path.endswith(".png")
-            else path
-            for path in naming.figure_paths(MODELS)
-        ],
+        get_figure_outputs(),
     params:
         runs=get_run_dirs,
         external=get_external_arg,

@@ -202,10 +202,15 @@ def benchmark_of(rule, key):
     return naming.BENCHMARK.format(rule=rule, key=key)
 
 
-def figure_caption(path):
-    """The report caption (workflow/report/<name>.rst) of a figure file: one caption per kind of figure."""
-    stem = Path(path).stem
-    return "loss_curves" if stem.startswith("loss_curves_") else stem
+def get_figure_outputs():
+    """Every figure file; the PNGs go into the report, each with the caption of its kind of figure."""
+    outputs = []
+    for path in naming.figure_paths(MODELS):
+        stem = Path(path).stem
+        kind = "loss_curves" if stem.startswith("loss_curves_") else stem  # workflow/report/<kind>.rst
+        caption = f"../report/{kind}.rst"  # relative to this file's directory, like conda: below
+        outputs.append(report(path, caption=caption, category="Figures") if path.endswith(".png") else path)
+    return outputs
 
 
 def get_final_output():

@@ -3,9 +3,10 @@
 Math (docs/numerics.md): t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n;
 k = rhte(t) or clamp(rhte(t + u − ½), 0, n); y = k / n · (hi − lo) + lo; optional LUT floor.
 u is Philox per global element index (offset + flat index), so results never depend on BLOCK.
-Differences from mase-triton's `_ot_quantize_forward_kernel`: per-element dither (its tl.rand is
-per element here too, but its fused kernels draw one value), k clamped to [0, n], range scalars
-read from device memory (no host floats, so no .item()), 64-bit element offsets.
+Differences from mase-triton's `_ot_quantize_forward_kernel` (docs/numerics.md): Philox keyed by
+(seed, counter, stream, global index) instead of `tl.rand(seed, offsets)` of the launch; k clamped to
+[0, n]; range scalars read from device memory (no host floats, so no .item()); IEEE divisions and no FMA
+contraction (bit-identical to the reference); 64-bit element offsets.
 """
 
 import torch
