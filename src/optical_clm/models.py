@@ -135,12 +135,21 @@ def count_params(model: torch.nn.Module, *, include_input_embedding: bool = Fals
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> None:
-    """save_pretrained model and tokenizer into `out_dir` file by file, each file atomically."""
+    """save_pretrained model and tokenizer into `out_dir` file by file, each file atomically.
+
+    An optical model is saved with `otlib.save_optical`, so its TOML travels with the weights and
+    `otlib.load_optical(out_dir)` rebuilds it exactly.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=out_dir))
     try:
-        model.save_pretrained(tmp)
+        if getattr(model, "otlib_config", None) is not None:
+            import otlib
+
+            otlib.save_optical(model, tmp)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for file in tmp.iterdir():

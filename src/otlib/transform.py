@@ -85,13 +85,20 @@ def transform(model: nn.Module, config: TransformConfig | str | os.PathLike[str]
             if isinstance(module, OpticalLinear) and module.lora_A is not None:
                 module.lora_A.requires_grad_(True)
                 module.lora_B.requires_grad_(True)
+    model.otlib_config = config  # what save_optical writes next to the weights
     return replaced
 
 
 def save_optical(
-    model: PreTrainedModel, directory: str | os.PathLike[str], config: TransformConfig, **save_kwargs
+    model: PreTrainedModel, directory: str | os.PathLike[str], config: TransformConfig | None = None, **save_kwargs
 ) -> None:
-    """`model.save_pretrained(directory)` (weights + optical state) and the otlib TOML as `otlib.toml`."""
+    """`model.save_pretrained(directory)` (weights + optical state) and the otlib TOML as `otlib.toml`.
+
+    `config` defaults to the one `transform` applied to `model`.
+    """
+    config = config or getattr(model, "otlib_config", None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} is not optical (otlib.transform it first) and no config was given")
     directory = Path(directory)
     model.save_pretrained(directory, **save_kwargs)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".otlib-", suffix=".toml")

@@ -1,8 +1,10 @@
 """Range statistics under torch.distributed (2 CPU processes, gloo): every rank ends with the same ranges —
 the min of the ranks' minima and the max of their maxima (quantiles: the mean) — before and after the EMA."""
 
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -13,6 +15,8 @@ WORLD = 2
 
 
 def _worker(rank: int, tmp: str) -> None:
+    # A forked child must not enter the parent's OpenMP pool (libgomp is not fork-safe): one thread.
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(1234)  # same weights on every rank, as DDP guarantees
@@ -34,7 +38,13 @@ def _worker(rank: int, tmp: str) -> None:
 
 def test_ranks_keep_identical_ranges(tmp_path):
     # fork: the children inherit the imported modules (spawn would re-import transformers in each, ~10 s)
-    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True, start_method="fork")
+    context = mp.start_processes(_worker, args=(str(tmp_path),), nprocs=WORLD, join=False, start_method="fork")
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("distributed range workers did not finish within 120 s")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert torch.equal(results[0]["bounds"], results[1]["bounds"])
     assert torch.equal(results[0]["quantile"], results[1]["quantile"])

@@ -68,8 +68,8 @@ def test_errors():
     assert torch.isfinite(mlp(torch.randn(3, 8))).all()
 
 
-@pytest.mark.parametrize("use_lora", [False, True])
-def test_save_load_round_trip_evaluates_identically(tmp_path, use_lora):
+@pytest.mark.parametrize(("use_lora", "shard"), [(False, None), (True, "200KB")])
+def test_save_load_round_trip_evaluates_identically(tmp_path, use_lora, shard):
     cfg = otlib.TransformConfig(use_lora=use_lora, lora=LoraConfig(rank=4), numerics="fixed")
     model = tiny_llama()
     otlib.transform(model, cfg)
@@ -80,7 +80,8 @@ def test_save_load_round_trip_evaluates_identically(tmp_path, use_lora):
         model(ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    otlib.save_optical(model, tmp_path, cfg)
+    otlib.save_optical(model, tmp_path, **({"max_shard_size": shard} if shard else {}))  # config: the applied one
+    assert (tmp_path / "model.safetensors.index.json").exists() == bool(shard)
     assert otlib.load_config(tmp_path / "otlib.toml") == cfg
     assert "optical" not in json.dumps(json.loads((tmp_path / "config.json").read_text()))  # plain HF config
     model.eval()
