@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from optical_clm.analysis.files import AnalysisError
-from optical_clm.analysis.summary import COLUMNS, mark_best_lr, read_summary, to_markdown, write_summary
+from optical_clm.analysis.summary import COLUMNS, mark_best_lr, read_summary, start_level, to_markdown, write_summary
 from optical_clm.naming import MODES
 
 from .synthetic import BEST_LR, DIVERGES, SIZES
@@ -36,6 +36,12 @@ def test_best_lr_is_lowest_final_loss_among_non_diverged():
     assert mark_best_lr(table).tolist() == [False, True, False, True, False, False, False]
 
 
+def test_start_level_averages_the_first_steps():
+    assert start_level(np.array([4.0, 2.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0])) == 3.0  # k = ceil(8/4) = 2
+    assert start_level(np.array([float("nan"), 5.0])) == 5.0
+    assert start_level(np.arange(100.0)) == 4.5  # k capped at 10
+
+
 def test_summary_contents(study):
     _, _, runs, table = study
     assert list(table.columns) == COLUMNS and len(table) == len(runs) == 4 * 3 * 3 + 2
@@ -47,7 +53,10 @@ def test_summary_contents(study):
         final = run.curve["loss_smooth"].dropna().iloc[-1]
         assert row["final_loss_smooth"] == final and row["params"] == run.params
         if not row["diverged"]:
-            assert row["improvement"] == pytest.approx(run.metrics["start_loss"] - final, abs=1e-12)
+            loss = run.curve["loss"].to_numpy()
+            start = loss[: min(10, -(-len(loss) // 4))].mean()  # the first steps' mean, as documented
+            assert row["start_loss_mean"] == pytest.approx(start, abs=1e-12)
+            assert row["improvement"] == pytest.approx(start - final, abs=1e-12)
             before, after = run.metrics["eval_loss_before"], run.metrics["eval_loss_after"]
             assert np.isclose(row["eval_improvement"], before - after, equal_nan=True)
     # One best lr per (model, mode); the synthetic optimum is recovered where it is clear.

@@ -3,8 +3,10 @@
 Definitions (also printed under the Markdown table):
 - `final_loss_smooth`: the last finite value of the smoothed training loss, so one noisy last
   batch does not decide a comparison.
-- `improvement` = `start_loss` − `final_loss_smooth` (training loss; `start_loss` is the loss of
-  the first step, i.e. of the unchanged base model on the first batch);
+- `start_loss_mean`: the mean raw training loss of the first k = min(10, ⌈steps/4⌉) steps — about the
+  EMA's effective window (1/(1 − 0.9) = 10 points), so the start level is as robust to one hard batch
+  as the smoothed final level is (`start_loss`, the first step alone, is kept in the table).
+- `improvement` = `start_loss_mean` − `final_loss_smooth` (training loss);
   `eval_improvement` = `eval_loss_before` − `eval_loss_after` (held-out loss). Both are empty for
   diverged runs, which have no final loss to compare.
 - `best_lr`: per (model, mode), the run with the lowest `final_loss_smooth` among runs that did
@@ -27,7 +29,7 @@ from optical_clm.analysis.style import format_count, format_lr_label
 from optical_clm.naming import MODES
 
 COLUMNS = [
-    "model", "params", "mode", "lr", "steps", "tokens", "start_loss", "final_loss", "final_loss_smooth",
+    "model", "params", "mode", "lr", "steps", "tokens", "start_loss", "start_loss_mean", "final_loss", "final_loss_smooth",
     "eval_loss_before", "eval_loss_after", "improvement", "eval_improvement", "diverged", "diverged_reason",
     "best_lr", "tokens_per_s", "source",
 ]  # fmt: skip
@@ -38,6 +40,16 @@ def last_finite(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
     return float(finite[-1]) if finite.size else math.nan
+
+
+def start_level(values: np.ndarray) -> float:
+    """Mean of the first k = min(10, ceil(n/4)) finite losses (the module docstring says why)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return math.nan
+    k = min(10, math.ceil(values.size / 4))
+    return float(finite[:k].mean())
 
 
 def mark_best_lr(table: pd.DataFrame) -> pd.Series:
@@ -57,6 +69,7 @@ def build_summary(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         m = run.metrics
         final_smooth = last_finite(run.curve["loss_smooth"].to_numpy())
+        start_mean = start_level(run.curve["loss"].to_numpy())
         diverged = run.diverged
         rows.append(
             {
@@ -67,11 +80,12 @@ def build_summary(runs: list[Run]) -> pd.DataFrame:
                 "steps": m["steps"],
                 "tokens": m["tokens"],
                 "start_loss": m["start_loss"],
+                "start_loss_mean": start_mean,
                 "final_loss": m["final_loss"],
                 "final_loss_smooth": final_smooth,
                 "eval_loss_before": m["eval_loss_before"],
                 "eval_loss_after": m["eval_loss_after"],
-                "improvement": math.nan if diverged else m["start_loss"] - final_smooth,
+                "improvement": math.nan if diverged else start_mean - final_smooth,
                 "eval_improvement": math.nan if diverged else m["eval_loss_before"] - m["eval_loss_after"],
                 "diverged": diverged,
                 "diverged_reason": m["diverged_reason"] or ("non-finite loss in the log" if diverged else ""),
@@ -123,7 +137,7 @@ def _cell(value, kind: str) -> str:
 
 MD_COLUMNS = [  # (column, header, kind)
     ("model", "model", "str"), ("params", "params", "count"), ("mode", "mode", "str"), ("lr", "lr", "lr"),
-    ("steps", "steps", "int"), ("tokens", "tokens", "count"), ("start_loss", "start loss", "loss"),
+    ("steps", "steps", "int"), ("tokens", "tokens", "count"), ("start_loss_mean", "start loss (first steps)", "loss"),
     ("final_loss_smooth", "final loss (smoothed)", "loss"), ("improvement", "Δ train", "delta"),
     ("eval_loss_before", "eval before", "loss"), ("eval_loss_after", "eval after", "loss"),
     ("eval_improvement", "Δ eval", "delta"), ("diverged", "diverged", "bool"), ("best_lr", "best lr", "bool"),
@@ -136,8 +150,8 @@ def to_markdown(table: pd.DataFrame, smoothing: str) -> str:
     lines = [
         "# Fine-tuning results",
         "",
-        "One row per run. Losses are mean cross-entropy in nats/token. Δ train = start loss − final "
-        f"smoothed training loss ({smoothing}); Δ eval = held-out loss before − after fine-tuning "
+        "One row per run. Losses are mean cross-entropy in nats/token. Δ train = start loss (mean of the "
+        f"first min(10, steps/4) steps) − final smoothed training loss ({smoothing}); Δ eval = held-out loss before − after fine-tuning "
         "(positive = better; empty for diverged runs). **best lr**: lowest final smoothed training loss "
         "among the non-diverged runs of a (model, mode); ties go to the smaller lr. Empty cells are values "
         "the log does not contain (e.g. external logs without held-out loss).",
