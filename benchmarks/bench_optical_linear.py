@@ -1,10 +1,12 @@
-"""Benchmark: fused optical linear forward against cuBLAS (bf16 and fp32) on the study's shapes.
+"""Benchmark: fused optical linear forward, and the optical layer's training forward + backward, against
+cuBLAS bf16 (F.linear / nn.Linear) and the peer (mase-triton, when installed) on the study's shapes.
 
 Run on a GPU machine from the repository root:
     PYTHONPATH=src python benchmarks/bench_optical_linear.py --tokens 16384 --out bench_linear.md
-Reports do_bench medians (ms), TFLOP/s (2·M·K·N / time) and the ratio to cuBLAS bf16, plus a
-breakdown of the optical call (operand quantization alone, GEMM with fused read-out alone) and the
-tl.dot precision variant, so NOTES.md predictions can be checked. One table, markdown, to stdout and --out.
+Reports `triton.testing.do_bench` medians (ms; first call, which compiles and autotunes, untimed),
+TFLOP/s (2·M·K·N / time) and ratios. Forward: the whole `otlib.ops.optical_linear` call (encode both
+operands + integer-code GEMM with fused read-out), plus its two parts. Layer: `OpticalLinear` in training
+mode (range EMA, read-out, straight-through backward) against `nn.Linear`, bf16 autocast as in training.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 # (name, K, N) of the 60M / 200M / 600M Llamas' q, up and down projections (docs/performance.md)
 SHAPES = [
@@ -26,47 +29,144 @@ SHAPES = [
     ("600M up", 1152, 4096),
     ("600M down", 4096, 1152),
 ]
+LUT = 0.020040
 
 
-def setup_optical_linear(m: int, k: int, n: int, dtype: torch.dtype, bias: bool) -> dict:
-    """Inputs for one shape: activations, weight, optional bias, layer state (ranges, rng)."""
-    x = torch.randn(m, k, device="cuda", dtype=dtype)
-    w = (torch.randn(n, k, device="cuda") / k**0.5).to(dtype)
-    b = torch.randn(n, device="cuda", dtype=dtype) if bias else None
-    ranges = torch.tensor([[-4.0, 4.0], [-0.2, 0.2], [-4.0, 4.0]], device="cuda")
-    rng = torch.tensor([1, 0, 0], device="cuda")
-    return {"x": x, "w": w, "b": b, "ranges": ranges, "rng": rng}
+def _bench(fn, grad_to_none=None) -> float:
+    from triton.testing import do_bench
+
+    fn()  # compile / autotune outside the timing
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def _bench_graph(fn) -> float:
+    """GPU time alone: the call replayed from a CUDA graph (no Python or launch overhead), median ms."""
+    from triton.testing import do_bench_cudagraph
+
+    fn()
+    try:
+        return do_bench_cudagraph(fn, rep=100, return_mode="median")
+    except Exception as exc:  # a capture failure is a result to report, not a crash
+        print(f"CUDA graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
+        return float("nan")
+
+
+def mma_instructions() -> str:
+    """Which tensor-core instruction the compiled integer GEMMs use (wgmma on Hopper, else mma.sync)."""
+    from otlib.kernels.optical_matmul import _optical_gemm_kernel
+
+    kinds = set()
+    try:
+        for cache in _optical_gemm_kernel.fn.device_caches.values():
+            for compiled in cache[0].values():
+                ptx = compiled.asm.get("ptx", "")
+                kinds.add("wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "no MMA")
+    except (AttributeError, IndexError, TypeError) as exc:
+        return f"unknown ({type(exc).__name__})"
+    return ", ".join(sorted(kinds))
+
+
+def _peer_fns(x, w, b, layer_in):
+    """The peer's fused forward and its layer's training fwd+bwd, or {} when mase-triton is not installed."""
+    try:
+        from mase_triton.optical_compute.functional import ot_qlinear_fn
+        from mase_triton.optical_compute.layers import OpticalTransformerLinear
+    except ImportError:
+        return {}
+    k, n = w.shape[1], w.shape[0]
+    peer = OpticalTransformerLinear(k, n, bias=b is not None, device="cuda", q_quantiles=None)
+    x_in, gy = layer_in
+
+    def peer_layer():
+        with torch.autocast("cuda", torch.bfloat16):
+            peer(x_in).backward(gy)
+
+    def peer_fwd():
+        return ot_qlinear_fn(x, w, b, -4.0, 4.0, -0.2, 0.2, LUT, -4.0, 4.0, 256, 0)
+
+    return {"peer_fwd": (peer_fwd, None), "peer_layer": (peer_layer, [x_in])}
 
 
 def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
-    from triton.testing import do_bench
+    from otlib.kernels.optical_matmul import _optical_gemm_kernel, new_minmax, optical_gemm
+    from otlib.kernels.quantize import operand_codes
+    from otlib.layers import OpticalLinear
+    from otlib.ops import optical_linear
 
-    from otlib.kernels.optical_linear import optical_linear_fwd
-    from otlib.kernels.optical_matmul import optical_gemm
-    from otlib.kernels.quantize import quantize_fwd
-    from otlib.ops import optical_linear, quant_params
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda") / k**0.5).to(torch.bfloat16)
+    b = torch.randn(n, device="cuda", dtype=torch.bfloat16) if bias else None
+    ranges = torch.tensor([[-4.0, 4.0], [-0.2, 0.2], [-4.0, 4.0]], device="cuda")
+    rng = torch.tensor([1, 0, 0], device="cuda")
+    mm = new_minmax(x.device)
+    xc, _, xs = operand_codes(x.unsqueeze(0), ranges, 0, 255, operand_b=False, minmax=mm)
+    wc, wr, ws = operand_codes(w.unsqueeze(0), ranges, 1, 255, operand_b=True, lut_min=LUT)
+    x_enc = (xc.view(1, 1, m, k), xs.view(1, 1, m))
+    w_enc = (wc.view(1, 1, n, k), wr.view(1, 1, n, k), ws.view(1, 1, n))
+    # layers in training mode: fp32 master weights under bf16 autocast, as the trainer runs them
+    digital = nn.Linear(k, n, bias=bias, device="cuda")
+    optical = OpticalLinear.from_linear(nn.Linear(k, n, bias=bias, device="cuda"), q_lut_min=LUT)
+    x_in = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
 
-    s = setup_optical_linear(m, k, n, torch.bfloat16, bias)
-    x, w, b, ranges, rng = s["x"], s["w"], s["b"], s["ranges"], s["rng"]
-    px, pw, po = (quant_params(ranges[i, 0], ranges[i, 1], 0.02 if i == 1 else None, x.device) for i in range(3))
-    qx = quantize_fwd(x, px, rng, 255, out_dtype=torch.float32)
-    qw = quantize_fwd(w, pw, rng, 255, lut=True, out_dtype=torch.float32)
-    x32, w32 = x.float(), w.float()
+    def layer_step(layer):
+        def step():
+            with torch.autocast("cuda", torch.bfloat16):
+                layer(x_in).backward(gy)
+
+        return step
+
+    layer_step(optical)()  # first training call calibrates the out range: time the steady state
+    optical_linear(x, w, b, ranges, rng, levels=256, lut_min=LUT)  # autotunes the GEMM for this shape
+    best = _optical_gemm_kernel.best_config  # the breakdown variants reuse it: one compile each, no autotuning
+    cfg = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+    print(f"{k}→{n}: GEMM config {cfg}", flush=True)
     fns = {
-        "cublas_bf16": lambda: F.linear(x, w, b),
-        "cublas_fp32": lambda: F.linear(x32, w32, None if b is None else b.float()),
-        "optical": lambda: optical_linear(x, w, b, ranges, rng, levels=256, lut_min=0.02),
-        "quantize_x": lambda: quantize_fwd(x, px, rng, 255, out_dtype=torch.float32),
-        "gemm_readout": lambda: optical_gemm(qx.view(1, 1, m, k), qw.t().view(1, 1, k, n), 1, b, po, rng, 255, x.dtype),
-        "optical_tf32": lambda: optical_linear_fwd(
-            x, w, b, px, pw, po, rng, 255, lut=True, out_dtype=x.dtype, precision="tf32"
+        "cublas_fwd": (lambda: F.linear(x, w, b), None),
+        "otlib_fwd": (lambda: optical_linear(x, w, b, ranges, rng, levels=256, lut_min=LUT), None),
+        "encode": (
+            lambda: (
+                operand_codes(x.unsqueeze(0), ranges, 0, 255, operand_b=False, minmax=mm),
+                operand_codes(w.unsqueeze(0), ranges, 1, 255, operand_b=True, lut_min=LUT),
+            ),
+            None,
         ),
+        "gemm": (
+            lambda: optical_gemm(
+                x_enc, w_enc, 1, b, ranges, LUT, rng, 255, mm, readout=True, out_dtype=x.dtype, config=cfg
+            ),
+            None,
+        ),
+        "gemm_acc": (
+            lambda: optical_gemm(
+                x_enc, w_enc, 1, b, ranges, LUT, rng, 255, mm, readout=False, out_dtype=x.dtype, config=cfg
+            ),
+            None,
+        ),
+        "gemm_nolut": (
+            lambda: optical_gemm(
+                x_enc,
+                (w_enc[0], None, w_enc[2]),
+                1,
+                b,
+                ranges,
+                None,
+                rng,
+                255,
+                mm,
+                readout=True,
+                out_dtype=x.dtype,
+                config=cfg,
+            ),
+            None,
+        ),
+        "linear_layer": (layer_step(digital), [x_in, digital.weight]),
+        "otlib_layer": (layer_step(optical), [x_in, optical.weight]),
+        **_peer_fns(x, w, b, (x_in, gy)),
     }
-    torch.backends.cuda.matmul.allow_tf32 = False  # cublas_fp32 is true fp32
-    out = {}
-    for name, fn in fns.items():
-        fn()  # compile / autotune outside the timing
-        out[name] = do_bench(fn, warmup=25, rep=100, return_mode="median")
+    out = {name: _bench(fn, grad) for name, (fn, grad) in fns.items()}
+    out["cublas_graph"] = _bench_graph(fns["cublas_fwd"][0])
+    out["otlib_graph"] = _bench_graph(fns["otlib_fwd"][0])
     return out
 
 
@@ -78,26 +178,37 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_optical_linear.py needs a CUDA GPU")
+    import triton
+
     m = args.tokens
-    cols = ["cublas_bf16", "cublas_fp32", "optical", "quantize_x", "gemm_readout", "optical_tf32"]
     lines = [
-        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, M = {m}, bias = {args.bias}",
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}; "
+        f"M = {m} tokens, bias = {args.bias}, bf16 activations",
         "",
-        "| shape (K→N) | "
-        + " | ".join(f"{c} ms" for c in cols)
-        + " | cuBLAS bf16 TFLOP/s | optical TFLOP/s | optical × cuBLAS bf16 |",
-        "|---" * (len(cols) + 4) + "|",
+        "| shape (K→N) | cuBLAS bf16 fwd ms (TFLOP/s) | otlib fwd ms (TFLOP/s) | otlib fwd throughput ÷ cuBLAS | "
+        "graphed: cuBLAS / otlib fwd ms | encode ms | GEMM+read-out ms | GEMM acc only ms | GEMM no LUT ms | "
+        "peer fwd ms | nn.Linear fwd+bwd ms | OpticalLinear fwd+bwd ms | layer × nn.Linear | "
+        "peer layer fwd+bwd ms |",
+        "|---" * 14 + "|",
     ]
     for name, k, n in SHAPES:
         t = bench_shape(m, k, n, args.bias)
         flop = 2 * m * k * n
+
+        def cell(key, tflops=False, t=t, flop=flop):
+            if key not in t:
+                return "–"
+            return f"{t[key]:.4f}" + (f" ({flop / t[key] / 1e9:.0f})" if tflops else "")
+
         lines.append(
-            f"| {name} {k}→{n} | "
-            + " | ".join(f"{t[c]:.4f}" for c in cols)
-            + f" | {flop / t['cublas_bf16'] / 1e9:.0f} | {flop / t['optical'] / 1e9:.0f}"
-            + f" | {t['optical'] / t['cublas_bf16']:.2f} |"
+            f"| {name} {k}→{n} | {cell('cublas_fwd', True)} | {cell('otlib_fwd', True)} | "
+            f"{t['cublas_fwd'] / t['otlib_fwd']:.2f} | {t['cublas_graph']:.4f} / {t['otlib_graph']:.4f} | "
+            f"{cell('encode')} | {cell('gemm')} | {cell('gemm_acc')} | {cell('gemm_nolut')} | {cell('peer_fwd')} | "
+            f"{cell('linear_layer')} | {cell('otlib_layer')} | {t['otlib_layer'] / t['linear_layer']:.2f} | "
+            f"{cell('peer_layer')} |"
         )
         print(lines[-1], flush=True)
+    lines.append(f"\nInteger GEMM tensor-core instructions (PTX): {mma_instructions()}")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

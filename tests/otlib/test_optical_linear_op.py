@@ -183,7 +183,7 @@ def test_cuda_forward_backward_has_no_host_sync():
 def test_custom_op_through_kernel_path(monkeypatch):
     # the registered op (aliasing checks included) with the Triton path forced on, interpreted on CPU
     pytest.importorskip("triton", reason="Triton is not installed")
-    monkeypatch.setattr(sys.modules["otlib.ops.optical_linear"], "use_kernels", lambda t: True)
+    monkeypatch.setattr(sys.modules["otlib.ops.optical_linear"], "use_kernels", lambda t, levels: True)
     x, w, b = _inputs(9, 41, 34)
     ranges, rng = _state(x, w, out_scale=2.5)
     for calibrate in (False, True):

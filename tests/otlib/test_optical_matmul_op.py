@@ -136,7 +136,7 @@ def test_bad_arguments():
 def test_custom_op_through_kernel_path(monkeypatch):
     # the registered op (aliasing checks included) with the Triton path forced on, interpreted on CPU
     pytest.importorskip("triton", reason="Triton is not installed")
-    monkeypatch.setattr(sys.modules["otlib.ops.optical_matmul"], "use_kernels", lambda t: True)
+    monkeypatch.setattr(sys.modules["otlib.ops.optical_matmul"], "use_kernels", lambda t, levels: True)
     a, b = torch.randn(2, 4, 9, 16, device=DEVICE), torch.randn(2, 2, 16, 9, device=DEVICE) / 4
     ranges, rng = _state(a, b, 2.0)
     for numerics in ("fixed", "mase"):

@@ -4,12 +4,13 @@
 import pytest
 import torch
 
-from otlib.ops.philox import philox_uniform, philox_word0
+from otlib.ops.philox import philox4, philox_uniform
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 import triton.language as tl  # noqa: E402
 
 from otlib.kernels.utils import philox_uniform as philox_uniform_jit  # noqa: E402
+from otlib.kernels.utils import philox_uniform_tile  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -28,18 +29,43 @@ def _kernel_uniform(n: int, seed: int, counter: int, stream: int, offset: int, b
     return out
 
 
-# Random123 known-answer vectors (kat_vectors, philox4x32 with 10 rounds): counter words, key words → word 0
+# Random123 known-answer vectors (kat_vectors, philox4x32 with 10 rounds): counter words, key words → 4 words
 KAT = [
-    ((0, 0, 0, 0), (0, 0), 0x6627E8D5),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, 0x408F276D),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0), 0xD16CFE09),
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("ctr", "key", "word0"), KAT)
-def test_known_answers(ctr, key, word0):
+@pytest.mark.parametrize(("ctr", "key", "words"), KAT)
+def test_known_answers(ctr, key, words):
     t = [torch.tensor(v, dtype=torch.int64) for v in (*ctr, *key)]
-    assert int(philox_word0(*t)) == word0
+    assert tuple(int(w) for w in philox4(*t)) == words
+
+
+@triton.jit
+def _tile_kernel(out_ptr, rng_ptr, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    q = N // 4
+    ctr = offs_m[:, None].to(tl.int64) * q + (tl.program_id(1) * (BLOCK_N // 4) + tl.arange(0, BLOCK_N // 4))[None, :]
+    u = philox_uniform_tile(tl.load(rng_ptr), ctr, tl.load(rng_ptr + 1), tl.load(rng_ptr + 2), BLOCK_M, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], u, mask=mask)
+
+
+@pytest.mark.parametrize(("block_m", "block_n"), [(16, 32), (32, 64)])
+def test_tile_uniforms_equal_flat_index_uniforms(block_m, block_n):
+    m, n = 37, 92  # n % 4 == 0, neither a multiple of the tile
+    out = torch.empty(m, n, device=DEVICE)
+    rng = torch.tensor([2**33 + 7, 11, 3], device=DEVICE)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _tile_kernel[grid](out, rng, m, n, BLOCK_M=block_m, BLOCK_N=block_n)
+    assert torch.equal(out.view(-1), philox_uniform(m * n, 2**33 + 7, 11, 3, 0, DEVICE))
 
 
 @pytest.mark.parametrize(

@@ -1,36 +1,51 @@
 """Fused optical linear: Y = Q_stoch(Q_det(X) · LUT(Q_det(W))ᵀ; out range) + b.
 
-X and W are quantized once per call (quantize kernel), then the batched GEMM kernel of
-optical_matmul.py runs with B = H = 1, reading W [N, K] as Wᵀ through strides (no transpose copy),
+X and W are encoded once per call into int8 codes (operand encoder, quantize.py) — W [N, K] is already
+in the [N, K] layout the GEMM wants — then the integer-code GEMM of optical_matmul.py runs with B = H = 1
 and does the range observation, stochastic read-out and digital bias in its fp32 epilogue.
 """
 
 import torch
 
-from .optical_matmul import DOT_PRECISION, optical_gemm
-from .quantize import quantize_fwd
+from .optical_matmul import new_minmax, optical_gemm
+from .quantize import operand_codes
 
 
 def optical_linear_fwd(
     x2: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    px: torch.Tensor,
-    pw: torch.Tensor,
-    pout: torch.Tensor | None,
+    ranges: torch.Tensor,
     rng: torch.Tensor,
     n: int,
     *,
-    lut: bool,
+    lut_min: float | None,
+    readout: bool,
     out_dtype: torch.dtype,
-    precision: str = DOT_PRECISION,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x2 [M, K], weight [N, K] → (y [M, N] read out in out_dtype, or the fp32 accumulator if pout is None; acc min; acc max)."""
-    qx = quantize_fwd(x2, px, rng, n, out_dtype=torch.float32)
-    qw = quantize_fwd(weight, pw, rng, n, lut=lut, out_dtype=torch.float32)
-    M, K = qx.shape
-    N = qw.shape[0]
-    c, cmin, cmax = optical_gemm(
-        qx.view(1, 1, M, K), qw.t().view(1, 1, K, N), 1, bias, pout, rng, n, out_dtype, precision
+    """x2 [M, K], weight [N, K], ranges contiguous fp32 [3, 2] (lo, hi) of (x, w, out) → (y [M, N] read out in
+    out_dtype + bias, or the fp32 accumulator if not readout; acc min; acc max)."""
+    M, K = x2.shape
+    N = weight.shape[0]
+    minmax = new_minmax(x2.device)
+    x_codes, _, x_sums = operand_codes(x2.unsqueeze(0), ranges, 0, n, operand_b=False, minmax=minmax)
+    w_codes, w_res, w_sums = operand_codes(weight.unsqueeze(0), ranges, 1, n, operand_b=True, lut_min=lut_min)
+    if M == 0:
+        minmax[0].fill_(float("inf"))
+        minmax[1].fill_(float("-inf"))
+    c = optical_gemm(
+        (x_codes.view(1, 1, M, K), x_sums.view(1, 1, M)),
+        (w_codes.view(1, 1, N, K), None if w_res is None else w_res.view(1, 1, N, K), w_sums.view(1, 1, N)),
+        1,
+        bias if readout else None,
+        ranges,
+        lut_min,
+        rng,
+        n,
+        minmax,
+        readout=readout,
+        out_dtype=out_dtype,
+        config=config,
     )
-    return c.view(M, N), cmin, cmax
+    return c.view(M, N), minmax[0], minmax[1]

@@ -1,77 +1,100 @@
-"""Batched optical GEMM with a fused read-out epilogue; launchers for the optical matmul.
+"""Batched optical GEMM on integer codes with a fused read-out epilogue; launchers for the optical matmul.
 
-Algorithm (per call):
-    Qa = Q_det(a), Qb = LUT(Q_det(b))         once per operand, by the quantize kernel (fp32)
+Algorithm (per call; docs/numerics.md "Integer-code GEMM"):
+    operands → int8 codes by the operand encoder (quantize.py), once per call:
+        Q_det(a) = c_a + s_a·a              a: int8 codes, row sums Σa per output row
+        LUT(Q_det(b)) = c_b + s_b·b + d·j   b, j: int8 codes in [N, K] layout, Σ of the values per column
     for each output tile (batch, m-block, n-block):
-        acc = Σ_k Qa[m, k] · Qb[k, n]           fp32 accumulation; masked K lanes load 0 and add exactly 0
-        partial min/max of acc over valid lanes → a per-program buffer (reduced on the device after)
+        D1 = Σ_k a·b,  D2 = Σ_k a·j         int8 tensor-core products, EXACT in int32
+        acc = s_a·(s_b·D1 + d·D2 + c_b·Σa) + c_a·Σ_k Qb     fp32; equals Q(a)·Q(b) to fp32 rounding
+        range observation: atomic min/max of acc into two fp32 scalars
         READOUT: y = Q_stoch(acc; out range) with Philox at the flat output index, + bias; else store acc
-Differences from mase-triton (docs/numerics.md): operands quantized once per call instead of per tile
-(and K padding is not quantized to `lo`: defect 8), fp32 epilogue (no cast to bf16), per-element dither
-(defect 1), range observed on the accumulator (defect 3), autotune keyed on (N, K) not M, 64-bit offsets.
+The integer sums are exact whatever the tile shape or summation order, so results do not depend on the
+autotune choice (bit for bit). Differences from mase-triton (docs/numerics.md): operands quantized once per
+call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither (defect 1),
+range observed on the accumulator (defect 3), autotune keyed on shapes, 64-bit offsets.
 """
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .quantize import quantize_fwd
-from .utils import INTERPRET, LAUNCH_OPTS, cast_for_store, philox_uniform, quantize_values
-
-# fp32 operands on tensor cores: "tf32x3" (3 tf32 MMAs, ~fp32 accuracy); the interpreter is exact fp32.
-DOT_PRECISION = "ieee" if INTERPRET else "tf32x3"
+from .quantize import operand_codes, zero_code
+from .utils import (
+    EPS_BITS,
+    INTERPRET,
+    LAUNCH_OPTS,
+    cast_for_store,
+    code_scale,
+    f64_bits,
+    level_value,
+    lut_substitutes,
+    philox_uniform,
+    philox_uniform_tile,
+    range_params,
+    round_half_even,
+)
 
 
 def autotune_configs() -> list[triton.Config]:
     if INTERPRET:  # the interpreter runs one config; big tiles keep programs × ops small
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8})]
-    return [
+    configs = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
-            (128, 128, 32, 8, 3),
-            (128, 64, 32, 4, 4),
-            (64, 128, 32, 4, 4),
-            (128, 256, 32, 8, 3),
-            (64, 64, 32, 4, 4),
+            (128, 128, 128, 8, 3),
+            (128, 128, 64, 4, 4),
+            (128, 256, 128, 8, 3),
+            (128, 64, 128, 4, 4),
+            (64, 128, 128, 4, 4),
+            (256, 128, 128, 8, 3),
         ]
     ]
+    # OTLIB_AUTOTUNE=0: the first config only (quick compiles for tests; results never depend on the choice)
+    return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in autotune_configs())
-_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in autotune_configs())
-
-
-@triton.autotune(configs=autotune_configs(), key=["N", "K", "READOUT", "PRECISION"])
+@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "LUT", "READOUT"])
 @triton.jit
 def _optical_gemm_kernel(
-    # pointers
+    # pointers: codes and sums from operand_codes; ranges = fp32 [3, 2] (lo, hi) rows of (a, b, out)
     a_ptr,
+    asum_ptr,
     b_ptr,
+    j_ptr,
+    bsum_ptr,
     c_ptr,
     bias_ptr,
-    pout_ptr,
+    ranges_ptr,
     rng_ptr,
-    part_ptr,
-    # sizes: a is [B, H, M, K], b is [B, H // GROUP, K, N], c is [B·H, M, N] contiguous
+    min_ptr,
+    max_ptr,
+    lam_bits,
+    eps_bits,
+    # sizes: a codes [B, H, M, K], b codes [B, H // GROUP, N, K] (inner dims contiguous), c [B·H, M, N]
     M,
     N,
     K,
     H,
     GROUP,
+    M_BUCKET,
     n_f,
-    # strides
+    zero,
+    # batch / head strides of a codes, a sums, b (and j) codes, b sums
     stride_ab,
     stride_ah,
-    stride_am,
-    stride_ak,
+    stride_sb,
+    stride_sh,
     stride_bb,
     stride_bh,
-    stride_bk,
-    stride_bn,
+    stride_qb,
+    stride_qh,
     # meta-parameters
+    LUT: tl.constexpr,
     READOUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -89,118 +112,200 @@ def _optical_gemm_kernel(
     pid_n = (pid % (GROUP_M * num_n)) // group_size
     batch = bid // H
     head = bid % H
-    # ---- pointers (64-bit bases)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    a_base = a_ptr + batch.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah
-    b_base = b_ptr + batch.to(tl.int64) * stride_bb + (head // GROUP).to(tl.int64) * stride_bh
-    a_ptrs = a_base + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_base + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn
-    # ---- K loop: masked lanes load 0.0 and add exactly 0 (operands are already quantized)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # ---- pointers (64-bit bases); b tiles are [BLOCK_K, BLOCK_N] views of the [N, K] code layout
+    a_off = batch.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah
+    b_off = batch.to(tl.int64) * stride_bb + (head // GROUP).to(tl.int64) * stride_bh
+    a_ptrs = a_ptr + a_off + offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
+    b_tile = b_off + offs_n[None, :].to(tl.int64) * K + offs_k[:, None]
+    b_ptrs = b_ptr + b_tile
+    j_ptrs = j_ptr + b_tile
+    # ---- K loop: exact int32 products of int8 codes; masked lanes load code 0 and add exactly 0
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc_j = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    # ---- epilogue 1: range observation of the pre-quantization accumulator
+        a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
+        b_mask = (offs_k[:, None] < k_left) & (offs_n[None, :] < N)
+        a = tl.load(a_ptrs, mask=a_mask, other=0)
+        acc = tl.dot(a, tl.load(b_ptrs, mask=b_mask, other=0), acc, out_dtype=tl.int32)
+        if LUT:
+            acc_j = tl.dot(a, tl.load(j_ptrs, mask=b_mask, other=0), acc_j, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+        j_ptrs += BLOCK_K
+    # ---- epilogue 1: the fp32 accumulator from the exact integer sums (same ops for every tile shape)
+    lo_a, _, _, width_a, _, _ = range_params(ranges_ptr, 0, lam_bits, eps_bits)
+    lo_b, _, _, width_b, pos_b, neg_b = range_params(ranges_ptr, 1, lam_bits, eps_bits)
+    s_a, c_a = code_scale(lo_a, width_a, n_f, zero)
+    s_b, c_b = code_scale(lo_b, width_b, n_f, zero)
+    row_sum = tl.load(
+        asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh + offs_m, mask=offs_m < M, other=0
+    )
+    col_sum = tl.load(
+        bsum_ptr + batch.to(tl.int64) * stride_qb + (head // GROUP).to(tl.int64) * stride_qh + offs_n,
+        mask=offs_n < N,
+        other=0.0,
+    )
+    inner = s_b * acc.to(tl.float32) + c_b * row_sum.to(tl.float32)[:, None]
+    if LUT:
+        d = lut_substitutes(lo_b, pos_b, neg_b, n_f, s_b)[4]
+        inner = inner + d * acc_j.to(tl.float32)
+    val = s_a * inner + c_a * col_sum[None, :]
+    # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    part = (bid * num_m + pid_m) * num_n + pid_n
-    tl.store(part_ptr + 2 * part, tl.min(tl.min(tl.where(valid, acc, float("inf")), axis=1), axis=0))
-    tl.store(part_ptr + 2 * part + 1, tl.max(tl.max(tl.where(valid, acc, float("-inf")), axis=1), axis=0))
-    # ---- epilogue 2: stochastic read-out at the flat output index, digital bias, store
+    tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0))
+    tl.atomic_max(max_ptr, tl.max(tl.max(tl.where(valid, val, float("-inf")), axis=1), axis=0))
+    # ---- epilogue 3: stochastic read-out at the flat output index, digital bias, store
     idx = bid.to(tl.int64) * M * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    out = acc
+    out = val
     if READOUT:
-        u = philox_uniform(tl.load(rng_ptr + 0), idx, tl.load(rng_ptr + 1), tl.load(rng_ptr + 2))
-        out = quantize_values(acc, pout_ptr, n_f, u, True, True, False)
+        seed = tl.load(rng_ptr + 0)
+        counter = tl.load(rng_ptr + 1)
+        stream = tl.load(rng_ptr + 2)
+        if N % 4 == 0:  # four consecutive elements of a row share one Philox evaluation
+            q = N // 4
+            ctr = (
+                bid.to(tl.int64) * M * q
+                + offs_m[:, None].to(tl.int64) * q
+                + (pid_n * (BLOCK_N // 4) + tl.arange(0, BLOCK_N // 4))[None, :]
+            )
+            u = philox_uniform_tile(seed, ctr, counter, stream, BLOCK_M, BLOCK_N)
+        else:
+            u = philox_uniform(seed, idx, counter, stream)
+        # read-out: the reference's quantizer, except that t multiplies by n / (hi − lo + 1e-8) instead of
+        # dividing (≤ 1 ulp of t, far below the accumulator's own summation-order difference; docs/numerics.md)
+        lo, hi, div, width, _, _ = range_params(ranges_ptr, 2, lam_bits, eps_bits)
+        t = (tl.minimum(tl.maximum(val, lo), hi) - lo) * tl.math.div_rn(n_f, div)
+        k = tl.minimum(tl.maximum(round_half_even(t + (u - 0.5)), 0.0), n_f)
+        out = level_value(k, width, lo, n_f)
         if HAS_BIAS:
             out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(c_ptr + idx, cast_for_store(out, c_ptr), mask=valid)
 
 
 def optical_gemm(
-    qa: torch.Tensor,
-    qb: torch.Tensor,
+    a: tuple[torch.Tensor, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
     group: int,
     bias: torch.Tensor | None,
-    pout: torch.Tensor | None,
+    ranges: torch.Tensor,
+    lut_min: float | None,
     rng: torch.Tensor,
     n: int,
+    minmax: tuple[torch.Tensor, torch.Tensor],
+    *,
+    readout: bool,
     out_dtype: torch.dtype,
-    precision: str = DOT_PRECISION,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """qa [B, H, M, K] @ qb [B, H // group, K, N] (any strides, quantized fp32) → (c [B·H, M, N], acc min, acc max as fp32 0-d tensors).
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Encoded a = (codes [B, H, M, K], row sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
+    LUT residual codes or None, column value sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous.
+    ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out); lut_min: λ of operand b (None = off).
 
-    pout given: c is the read-out in out_dtype (+ bias); pout None: c is the fp32 accumulator.
-    precision: tl.dot input precision for fp32 operands ("tf32x3" default; "tf32" only for benchmarks).
+    readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
+    already holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range.
+    config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
     """
-    B, H, M, K = qa.shape
-    N = qb.shape[-1]
-    c = torch.empty((B * H, M, N), dtype=out_dtype if pout is not None else torch.float32, device=qa.device)
-    # one (min, max) slot per program of the smallest-tile config; larger tiles leave ±inf slots unused
-    n_part = B * H * triton.cdiv(M, _MIN_BLOCK_M) * triton.cdiv(N, _MIN_BLOCK_N)
-    part = torch.empty((max(n_part, 1), 2), device=qa.device)  # filled on the device: no host-to-device copy
-    part[:, 0] = float("inf")
-    part[:, 1] = float("-inf")
-    if c.numel():
+    a_codes, a_sums = a
+    b_codes, b_res, b_sums = b
+    B, H, M, K = a_codes.shape
+    N = b_codes.shape[-2]
+    c = torch.empty((B * H, M, N), dtype=out_dtype if readout else torch.float32, device=a_codes.device)
+    if c.numel() == 0:
+        return c
+    kernel = _optical_gemm_kernel if config is None else _optical_gemm_kernel.fn
+    meta = config or {}
 
-        def grid(meta):
-            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), B * H)
+    def grid(m):
+        return (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]), B * H)
 
-        _optical_gemm_kernel[grid](
-            qa,
-            qb,
-            c,
-            bias if bias is not None else c,
-            pout if pout is not None else part,
-            rng,
-            part,
-            M,
-            N,
-            K,
-            H,
-            group,
-            float(n),
-            *qa.stride(),
-            *qb.stride(),
-            READOUT=pout is not None,
-            HAS_BIAS=bias is not None,
-            PRECISION=precision,
-            **LAUNCH_OPTS,
-        )
-    return c, part[:, 0].min(), part[:, 1].max()  # separate tensors: custom-op outputs must not alias
+    kernel[grid](
+        a_codes,
+        a_sums,
+        b_codes,
+        b_res if b_res is not None else b_codes,
+        b_sums,
+        c,
+        bias if bias is not None else c,
+        ranges,
+        rng,
+        *minmax,
+        f64_bits(lut_min or 0.0),
+        EPS_BITS,
+        M,
+        N,
+        K,
+        H,
+        group,
+        min(triton.next_power_of_2(M), 16384),
+        float(n),
+        float(zero_code(n)),
+        a_codes.stride(0),
+        a_codes.stride(1),
+        a_sums.stride(0),
+        a_sums.stride(1),
+        b_codes.stride(0),
+        b_codes.stride(1),
+        b_sums.stride(0),
+        b_sums.stride(1),
+        LUT=lut_min is not None,
+        READOUT=readout,
+        HAS_BIAS=bias is not None,
+        **meta,
+        **LAUNCH_OPTS,
+    )
+    return c
+
+
+def new_minmax(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two fp32 0-d tensors for the accumulator range (separate: custom-op outputs must not alias)."""
+    return torch.empty((), device=device), torch.empty((), device=device)
 
 
 def optical_matmul_fwd(
     a: torch.Tensor,
     b: torch.Tensor,
-    pa: torch.Tensor,
-    pb: torch.Tensor,
-    pout: torch.Tensor | None,
+    ranges: torch.Tensor,
     rng: torch.Tensor,
     n: int,
     *,
-    lut: bool,
+    lut_min: float | None,
+    readout: bool,
     out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, minmax)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, acc min, acc max).
+
+    ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out). readout: c is the read-out, else the fp32 accumulator.
+    """
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    qa = quantize_fwd(a, pa, rng, n, out_dtype=torch.float32)
-    qb = quantize_fwd(b, pb, rng, n, lut=lut, out_dtype=torch.float32)
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
+    minmax = new_minmax(a.device)
+    a_codes, _, a_sums = operand_codes(a.reshape(-1, M, K), ranges, 0, n, operand_b=False, minmax=minmax)
+    # b as [G, N, K]: codes come out K-contiguous, the layout the int8 tensor-core product wants
+    b_codes, b_res, b_sums = operand_codes(
+        b.reshape(-1, K, N).transpose(1, 2), ranges, 1, n, operand_b=True, lut_min=lut_min
+    )
     group = 1
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]
-        lead_b[-1] = lead_a[-1]
-    lead = list(torch.broadcast_shapes(tuple(lead_a), tuple(lead_b)))
+    lead_b_heads = [*lead_b[:-1], lead_b[-1] * group] if lead_b else []
+    lead = list(torch.broadcast_shapes(tuple(lead_a), tuple(lead_b_heads)))
     h = lead[-1] if lead else 1
-    outer = lead[:-1]
-    # expand (stride 0, no copy) to the common leading shape, then fold all outer dims into one
-    qa = qa.expand(*outer, h, M, K).reshape(-1, h, M, K)
-    qb = qb.expand(*outer, h // group, K, N).reshape(-1, h // group, K, N)
-    c, cmin, cmax = optical_gemm(qa, qb, group, None, pout, rng, n, out_dtype)
-    return c.view(*lead, M, N), cmin, cmax
+
+    def fold(t: torch.Tensor | None, lead_t: list[int], heads: int, inner: list[int]) -> torch.Tensor | None:
+        # expand (stride 0, no copy) to the common leading shape, then fold the outer dims into one
+        if t is None:
+            return None
+        return t.view(*lead_t, *inner).expand(*lead[:-1], heads, *inner).reshape(-1, heads, *inner)
+
+    a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M]))
+    hb = h // group
+    b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_res, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N]))
+    if a.numel() == 0 or b.numel() == 0:  # no launch wrote the range: empty products observe nothing
+        minmax[0].fill_(float("inf"))
+        minmax[1].fill_(float("-inf"))
+    c = optical_gemm(a_enc, b_enc, group, None, ranges, lut_min, rng, n, minmax, readout=readout, out_dtype=out_dtype)
+    return c.view(*lead, M, N), minmax[0], minmax[1]

@@ -1,4 +1,5 @@
-"""Element-wise optical quantizer kernel (operand quantization and the stand-alone read-out).
+"""Element-wise optical quantizer kernels: the stand-alone quantizer / read-out, and the operand encoder
+that turns an operand into int8 codes for the optical GEMM (optical_matmul.py).
 
 Math (docs/numerics.md): t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n;
 k = rhte(t) or clamp(rhte(t + u − ½), 0, n); y = k / n · (hi − lo) + lo; optional LUT floor.
@@ -13,7 +14,24 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import ELEMENTWISE_BLOCK, LAUNCH_OPTS, cast_for_store, philox_uniform, quantize_values, round_to_bf16
+from .utils import (
+    ELEMENTWISE_BLOCK,
+    EPS_BITS,
+    INTERPRET,
+    LAUNCH_OPTS,
+    cast_for_store,
+    code_scale,
+    f64_bits,
+    level_value,
+    lut_substitutes,
+    philox_uniform,
+    quantize_values,
+    range_params,
+    round_half_even,
+    round_to_bf16,
+    scaled_position,
+    vector_params,
+)
 
 _CAST_CODES = {None: 0, torch.bfloat16: 1, torch.float16: 2, torch.float32: 0}
 
@@ -57,7 +75,8 @@ def _quantize_fwd_kernel(
         else:
             u = philox_uniform(seed, offs + offset, tl.load(rng_ptr + 1), tl.load(rng_ptr + 2))
     # ---- quantize, digital bias, store
-    y = quantize_values(x, p_ptr, n_f, u, STOCHASTIC, CLAMP_K, LUT)
+    lo, hi, div, width, pos, neg = vector_params(p_ptr)
+    y = quantize_values(x, lo, hi, div, width, pos, neg, n_f, u, STOCHASTIC, CLAMP_K, LUT)
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs % n_cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, cast_for_store(y, y_ptr), mask=mask)
@@ -107,3 +126,140 @@ def quantize_fwd(
         **LAUNCH_OPTS,
     )
     return y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Operand encoder. Deterministic levels k ∈ [0, n] (bit-identical to the reference's) are stored as int8
+# codes a = k − zero, zero = ⌈n / 2⌉, so Q = c + s·a (code_scale). For the LUT operand, floored elements
+# get the code of the level nearest the floor value plus an int8 residual code j (lut_substitutes), so
+# LUT(Q) = c + s·a + d·j. Per row of the output layout [G, R, C] (C = the reduction dim) it also writes
+# Σ_c a (operand A: int32) or Σ_c of the represented values (operand B: fp32), which the GEMM epilogue needs.
+
+_CODES_BLOCK_R, _CODES_BLOCK_C = (64, 256) if INTERPRET else (32, 128)
+
+
+@triton.jit
+def _operand_codes_kernel(
+    # pointers
+    x_ptr,
+    codes_ptr,
+    res_ptr,
+    sums_ptr,
+    ranges_ptr,
+    min_ptr,
+    max_ptr,
+    # which (lo, hi) row of ranges, λ and 1e-8 as fp64 bits (see range_params)
+    row,
+    lam_bits,
+    eps_bits,
+    # sizes and strides of x viewed as [G, R, C]
+    R,
+    C,
+    stride_g,
+    stride_r,
+    stride_c,
+    n_f,
+    zero,
+    # meta-parameters
+    LUT: tl.constexpr,
+    VALUE_SUMS: tl.constexpr,
+    INIT_MINMAX: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    g = tl.program_id(1)
+    if INIT_MINMAX:  # the GEMM launched next folds its accumulator range into these by atomics
+        first = (pid_r == 0) & (g == 0)
+        tl.store(min_ptr, float("inf"), mask=first)
+        tl.store(max_ptr, float("-inf"), mask=first)
+    lo, hi, div, width, pos, neg = range_params(ranges_ptr, row, lam_bits, eps_bits)
+    s, c = code_scale(lo, width, n_f, zero)
+    if LUT:
+        c_pos, j_pos, c_neg, j_neg, d = lut_substitutes(lo, pos, neg, n_f, s)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = offs_r < R
+    x_rows = x_ptr + g.to(tl.int64) * stride_g + offs_r[:, None].to(tl.int64) * stride_r
+    out_rows = (g.to(tl.int64) * R + offs_r[:, None].to(tl.int64)) * C
+    sum_a = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    sum_j = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        m = row_ok[:, None] & (offs_c[None, :] < C)
+        x = tl.load(x_rows + offs_c[None, :].to(tl.int64) * stride_c, mask=m, other=0.0).to(tl.float32)
+        k = round_half_even(scaled_position(x, lo, hi, div, n_f))
+        if LUT:
+            y = level_value(k, width, lo, n_f)  # the reference's value before the floor, bit for bit
+            up = (y > 0.0) & (y < pos)
+            down = (y < 0.0) & (y > neg)
+            k = tl.where(up, c_pos, tl.where(down, c_neg, k))
+            j = tl.where(m, tl.where(up, j_pos, tl.where(down, j_neg, 0.0)), 0.0).to(tl.int32)
+            tl.store(res_ptr + out_rows + offs_c[None, :], j.to(tl.int8), mask=m)
+            sum_j += tl.sum(j, axis=1)
+        a = tl.where(m, k - zero, 0.0).to(tl.int32)
+        tl.store(codes_ptr + out_rows + offs_c[None, :], a.to(tl.int8), mask=m)
+        sum_a += tl.sum(a, axis=1)
+    sums = sums_ptr + g.to(tl.int64) * R + offs_r
+    if VALUE_SUMS:
+        v = c * C + s * sum_a.to(tl.float32)
+        if LUT:
+            v = v + d * sum_j.to(tl.float32)
+        tl.store(sums, v, mask=row_ok)
+    else:
+        tl.store(sums, sum_a, mask=row_ok)
+
+
+def zero_code(n: int) -> int:
+    """The level stored as code 0: codes k − ⌈n / 2⌉ of levels k ∈ [0, n] fit int8 for n ≤ 255."""
+    return (n + 1) // 2
+
+
+def operand_codes(
+    x: torch.Tensor,
+    ranges: torch.Tensor,
+    row: int,
+    n: int,
+    *,
+    operand_b: bool,
+    lut_min: float | None = None,
+    minmax: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Encode x viewed as [G, R, C] (any strides; C is the reduction dim) → (codes int8 [G, R, C] contiguous,
+    LUT residual codes int8 [G, R, C] or None, row sums [G, R]: int32 Σ codes (operand A) or fp32 Σ values (B)).
+
+    ranges: contiguous fp32 [rows, 2] (lo, hi) on the device; `row` is this operand's. lut_min: the LUT floor
+    λ (operand B only; None = off). minmax: two fp32 0-d tensors this launch sets to (+inf, −inf) for the
+    GEMM's range atomics.
+    """
+    lut = lut_min is not None
+    G, R, C = x.shape
+    codes = torch.empty((G, R, C), dtype=torch.int8, device=x.device)
+    res = torch.empty_like(codes) if lut else None
+    sums = torch.empty((G, R), dtype=torch.float32 if operand_b else torch.int32, device=x.device)
+    if G * R == 0:
+        return codes, res, sums
+    grid = (triton.cdiv(R, _CODES_BLOCK_R), G)
+    _operand_codes_kernel[grid](
+        x,
+        codes,
+        res if res is not None else codes,
+        sums,
+        ranges,
+        *(minmax if minmax is not None else (sums, sums)),
+        row,
+        f64_bits(lut_min or 0.0),
+        EPS_BITS,
+        R,
+        C,
+        *x.stride(),
+        float(n),
+        float(zero_code(n)),
+        LUT=lut,
+        VALUE_SUMS=operand_b,
+        INIT_MINMAX=minmax is not None,
+        BLOCK_R=_CODES_BLOCK_R,
+        BLOCK_C=_CODES_BLOCK_C,
+        num_warps=4,
+        **LAUNCH_OPTS,
+    )
+    return codes, res, sums

@@ -8,11 +8,13 @@ uses floor arithmetic that is exact for every fp32 (no libdevice `rint`, which t
 """
 
 import os
+import struct
 
 import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRETED = tl.constexpr(INTERPRET)  # the same flag, readable inside kernels
 
 # Element-wise kernels: under the interpreter the cost is programs × ops, so one huge block.
 ELEMENTWISE_BLOCK = 65536 if INTERPRET else 1024
@@ -44,42 +46,136 @@ def round_to_bf16(y):
 
 @triton.jit
 def cast_for_store(y, ptr):
-    """fp32 values in the element type of `ptr`, rounded to nearest even (as torch's .to())."""
-    if ptr.dtype.element_ty == tl.bfloat16:
+    """fp32 values in the element type of `ptr`, rounded to nearest even (as torch's .to()); compiled, the
+    conversion itself rounds to nearest even, the interpreter's truncates."""
+    if INTERPRETED and ptr.dtype.element_ty == tl.bfloat16:
         y = round_to_bf16(y)
     return y.to(ptr.dtype.element_ty)
 
 
 @triton.jit
-def philox_uniform(seed, idx, counter, stream):
-    """u ∈ [0, 1) per int64 element index `idx`: Philox4x32-10 with key = seed (lo, hi words),
-    counter = (idx lo, idx hi, counter lo, stream); u = (word0 >> 8) · 2⁻²⁴ (see otlib.ops.philox)."""
-    c0 = (idx & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((idx >> 32) & 0xFFFFFFFF).to(tl.uint32)
+def philox_words(seed, ctr, counter, stream):
+    """Philox4x32-10's four output words at int64 counter `ctr`: counter words (ctr lo, ctr hi, counter lo,
+    stream), key = seed (lo, hi words). Element i of a tensor takes word i mod 4 of counter i div 4."""
+    c0 = (ctr & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((ctr >> 32) & 0xFFFFFFFF).to(tl.uint32)
     c2 = tl.zeros_like(c0) + (counter & 0xFFFFFFFF).to(tl.uint32)
     c3 = tl.zeros_like(c0) + (stream & 0xFFFFFFFF).to(tl.uint32)
-    w0, _w1, _w2, _w3 = tl.philox(seed, c0, c1, c2, c3)
-    return (w0 >> 8).to(tl.float32) * 5.9604644775390625e-08
+    return tl.philox(seed, c0, c1, c2, c3)
 
 
 @triton.jit
-def quantize_values(x, p_ptr, n_f, u, DITHER: tl.constexpr, CLAMP_K: tl.constexpr, LUT: tl.constexpr):
-    """Q(x) in fp32 with params p = (lo, hi, hi − lo + 1e-8, hi − lo, λ·hi, −λ·|lo|) at p_ptr."""
-    lo = tl.load(p_ptr + 0)
-    hi = tl.load(p_ptr + 1)
-    div = tl.load(p_ptr + 2)
-    rng = tl.load(p_ptr + 3)
+def word_to_uniform(w):
+    """u = (w >> 8) · 2⁻²⁴ ∈ [0, 1), exact in fp32."""
+    return (w >> 8).to(tl.float32) * 5.9604644775390625e-08
+
+
+@triton.jit
+def philox_uniform(seed, idx, counter, stream):
+    """u ∈ [0, 1) per int64 element index `idx` (any pattern; evaluates Philox once per element)."""
+    w0, w1, w2, w3 = philox_words(seed, idx >> 2, counter, stream)
+    lane = idx & 3
+    return word_to_uniform(tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3))))
+
+
+@triton.jit
+def philox_uniform_tile(seed, ctr, counter, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] uniforms of a row-major tile whose flat indices along each row are 4·ctr + 0..3,
+    for `ctr` of shape [BLOCK_M, BLOCK_N // 4]: one Philox evaluation per four elements."""
+    w0, w1, w2, w3 = philox_words(seed, ctr, counter, stream)
+    w = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [..., p, q] = word 2p + q
+    return word_to_uniform(tl.reshape(w, (BLOCK_M, BLOCK_N)))
+
+
+@triton.jit
+def scaled_position(x, lo, hi, div, n_f):
+    """t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n, the quantizer's position in levels (IEEE division)."""
     t = tl.minimum(tl.maximum(x, lo), hi) - lo
-    t = tl.math.div_rn(t, tl.zeros_like(t) + div) * n_f
+    return tl.math.div_rn(t, tl.zeros_like(t) + div) * n_f
+
+
+@triton.jit
+def level_value(k, rng, lo, n_f):
+    """y = k / n · (hi − lo) + lo for integer-valued fp32 levels k."""
+    return tl.math.div_rn(k, tl.zeros_like(k) + n_f) * rng + lo
+
+
+def f64_bits(v: float) -> int:
+    """The IEEE-754 bits of a Python float as an int: how fp64 constants reach a kernel unrounded
+    (a float argument or literal would arrive as fp32)."""
+    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
+
+
+EPS_BITS = f64_bits(1e-8)  # the quantizer's width guard, hi − lo + 1e-8
+
+
+@triton.jit
+def range_params(ranges_ptr, row, lam_bits, eps_bits):
+    """Quantizer params (lo, hi, hi − lo + 1e-8, hi − lo, λ·hi, −λ·|lo|) as fp32 scalars from the fp32 (lo, hi)
+    at ranges_ptr + 2·row, formed in fp64 and rounded once, exactly as otlib.ops.reference.quant_params."""
+    lo32 = tl.load(ranges_ptr + 2 * row)
+    hi32 = tl.load(ranges_ptr + 2 * row + 1)
+    lo = lo32.to(tl.float64)
+    hi = hi32.to(tl.float64)
+    lam = lam_bits.to(tl.int64).to(tl.float64, bitcast=True)
+    eps = eps_bits.to(tl.int64).to(tl.float64, bitcast=True)
+    width = hi - lo
+    div = (width + eps).to(tl.float32)
+    return lo32, hi32, div, width.to(tl.float32), (lam * hi).to(tl.float32), (-(lam * tl.abs(lo))).to(tl.float32)
+
+
+@triton.jit
+def vector_params(p_ptr):
+    """The same six fp32 scalars from a params vector made by quant_params (the element-wise kernel's input)."""
+    return (
+        tl.load(p_ptr + 0),
+        tl.load(p_ptr + 1),
+        tl.load(p_ptr + 2),
+        tl.load(p_ptr + 3),
+        tl.load(p_ptr + 4),
+        tl.load(p_ptr + 5),
+    )
+
+
+@triton.jit
+def quantize_values(
+    x, lo, hi, div, width, pos, neg, n_f, u, DITHER: tl.constexpr, CLAMP_K: tl.constexpr, LUT: tl.constexpr
+):
+    """Q(x) in fp32 for the params (lo, hi, hi − lo + 1e-8, hi − lo, λ·hi, −λ·|lo|)."""
+    t = scaled_position(x, lo, hi, div, n_f)
     if DITHER:
         t = t + (u - 0.5)
     k = round_half_even(t)
     if DITHER and CLAMP_K:
         k = tl.minimum(tl.maximum(k, 0.0), n_f)
-    y = tl.math.div_rn(k, tl.zeros_like(k) + n_f) * rng + lo
+    y = level_value(k, width, lo, n_f)
     if LUT:
-        pos = tl.load(p_ptr + 4)
-        neg = tl.load(p_ptr + 5)
         y = tl.where((y > 0.0) & (y < pos), pos, y)
         y = tl.where((y < 0.0) & (y > neg), neg, y)
     return y
+
+
+@triton.jit
+def code_scale(lo, width, n_f, zero):
+    """(s, c): level k's value is c + s·(k − zero) with s = (hi − lo) / n, c = lo + zero·s (integer codes)."""
+    s = tl.math.div_rn(width, n_f)
+    return s, lo + zero * s
+
+
+@triton.jit
+def lut_substitutes(lo, pos, neg, n_f, s):
+    """How integer codes carry the LUT floor values λ·hi and −λ·|lo| (operand B):
+    floored elements take the level c± nearest the floor value plus j±·d, an int8 multiple of the
+    residual step d = max|r±| / 127 (r± = floor value − level value, |r±| ≤ s/2).
+    Returns (c_pos, j_pos, c_neg, j_neg, d) as fp32 scalars."""
+    s_safe = tl.where(s > 0.0, s, 1.0)
+    c_pos = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(pos - lo, s_safe)), 0.0), n_f)
+    c_neg = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(neg - lo, s_safe)), 0.0), n_f)
+    r_pos = (pos - lo) - c_pos * s
+    r_neg = (neg - lo) - c_neg * s
+    r_max = tl.maximum(tl.abs(r_pos), tl.abs(r_neg))
+    d = tl.math.div_rn(r_max, r_max * 0.0 + 127.0)
+    d_safe = tl.where(d > 0.0, d, 1.0)
+    j_pos = round_half_even(tl.math.div_rn(r_pos, d_safe))
+    j_neg = round_half_even(tl.math.div_rn(r_neg, d_safe))
+    return c_pos, j_pos, c_neg, j_neg, d

@@ -54,7 +54,7 @@ def exact_quantiles(t: Tensor, quantiles: tuple[float, float]) -> Tensor:
 
 
 def _all_reduce(stats: Tensor, use_mean: bool) -> Tensor:
-    """Combine per-rank batch statistics [lo, hi]: MIN/MAX for extrema, the mean for quantiles."""
+    """Combine per-rank batch statistics [..., 2] of (lo, hi): MIN/MAX for extrema, the mean for quantiles."""
     if not (dist.is_available() and dist.is_initialized()):
         return stats
     if use_mean:
@@ -62,9 +62,9 @@ def _all_reduce(stats: Tensor, use_mean: bool) -> Tensor:
         dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         return stats / dist.get_world_size()
     # one collective: max of (−lo, hi) gives (−min lo, max hi)
-    signed = torch.stack([-stats[0], stats[1]])
+    signed = torch.stack([-stats[..., 0], stats[..., 1]], dim=-1)
     dist.all_reduce(signed, op=dist.ReduceOp.MAX)
-    return torch.stack([-signed[0], signed[1]])
+    return torch.stack([-signed[..., 0], signed[..., 1]], dim=-1)
 
 
 class RangeTracker(nn.Module):
@@ -125,14 +125,27 @@ class RangeTracker(nn.Module):
         `stats` are the batch (min, max) — ranks combine them by MIN/MAX — or, with `quantiles=True`,
         the batch quantiles — ranks average them.
         """
+        self.update_rows([row], stats.reshape(1, 2), quantiles=quantiles)
+
+    @torch.no_grad()
+    def update_rows(self, rows: list[int], stats: Tensor, *, quantiles: bool = False) -> None:
+        """`update` for several rows at once, stats fp32 [len(rows), 2]: consecutive rows in the same state
+        (all set, or all unset) take one collective and one in-place EMA (fewer small launches per call)."""
         stats = _all_reduce(stats.detach().float(), use_mean=quantiles)
-        if self._initialised_host[row]:
+        first, last = rows[0], rows[-1] + 1
+        states = {self._initialised_host[r] for r in rows}
+        if rows != list(range(first, last)) or len(states) > 1:
+            for i, row in enumerate(rows):  # mixed rows (a preset row beside an unset one): one at a time
+                self.update_rows([row], stats[i : i + 1], quantiles=quantiles)
+            return
+        if states == {True}:
             beta = self.smooth_factor
-            self.bounds[row].mul_(beta).add_(stats, alpha=1.0 - beta)
+            self.bounds[first:last].mul_(beta).add_(stats, alpha=1.0 - beta)
         else:
-            self.bounds[row].copy_(stats)
-            self.initialised[row].fill_(True)  # fill_, not `= True`: item assignment copies host → device (a sync)
-            self._initialised_host[row] = True
+            self.bounds[first:last].copy_(stats)
+            self.initialised[first:last].fill_(True)  # fill_, not `= True`: that copies host → device (a sync)
+            for row in rows:
+                self._initialised_host[row] = True
 
     def observe(self, operands: Mapping[int, Tensor], training: bool) -> Tensor:
         """Ranges for one call, fp32 [n, 2], given the call's operand tensors by row.
@@ -142,8 +155,12 @@ class RangeTracker(nn.Module):
         untrained optical model evaluates instead of producing NaN; trained rows are used as is.
         """
         if training:
-            for row, t in operands.items():
-                self.update(row, self.batch_stats(t), quantiles=self.quantiles is not None)
+            rows = list(operands)
+            if self.quantiles is not None:
+                stats = torch.stack([self.batch_stats(operands[row]) for row in rows])
+            else:  # one stack of every operand's (min, max): a single small launch after the reductions
+                stats = torch.stack([v for row in rows for v in torch.aminmax(operands[row].detach())]).view(-1, 2)
+            self.update_rows(rows, stats, quantiles=self.quantiles is not None)
             return self.bounds
         missing = [row for row in operands if not self._initialised_host[row]]
         if not missing:

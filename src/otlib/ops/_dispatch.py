@@ -14,9 +14,13 @@ from torch import Tensor
 _force_reference = os.environ.get("OTLIB_FORCE_REFERENCE", "0") == "1"
 
 
-def use_kernels(t: Tensor) -> bool:
-    """True when `t` lives on a CUDA device and the reference is not forced."""
-    return t.is_cuda and not _force_reference
+# The kernels hold levels as int8 codes (levels − 1 ≤ 255); larger level counts run the reference on any device.
+MAX_KERNEL_LEVELS = 256
+
+
+def use_kernels(t: Tensor, levels: int = 2) -> bool:
+    """True when `t` lives on a CUDA device, `levels` fit the kernels' int8 codes and the reference is not forced."""
+    return t.is_cuda and levels <= MAX_KERNEL_LEVELS and not _force_reference
 
 
 @contextlib.contextmanager

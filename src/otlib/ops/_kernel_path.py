@@ -1,9 +1,10 @@
 """CUDA path of the optical ops: orchestrates the Triton launchers (imported lazily).
 
-Fast path (numerics="fixed", fixed out range): one fused GEMM whose epilogue observes the
-accumulator's min/max and does the stochastic read-out + bias. Otherwise (calibrate_out, or
-"mase") the GEMM writes the fp32 accumulator and its min/max, the out range is formed on the
-device, and the quantize kernel does the read-out — still no host sync.
+Per call: two operand-encoder launches and one integer-code GEMM; the kernels form the quantizer
+params from the fp32 ranges themselves (in fp64, as the reference), so no small device ops run here. Fast path (numerics="fixed", fixed out range): the GEMM's
+epilogue observes the accumulator's min/max and does the stochastic read-out + bias. Otherwise
+(calibrate_out, or "mase") the GEMM writes the fp32 accumulator and its min/max, the out range is
+formed on the device, and the quantize kernel does the read-out — still no host sync.
 """
 
 import torch
@@ -64,14 +65,18 @@ def linear_kernel_path(
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_linear import optical_linear_fwd
 
-    n, dev = levels - 1, x.device
-    x2 = x.reshape(-1, x.shape[-1])
-    px = quant_params(ranges[0, 0], ranges[0, 1], None, dev)
-    pw = quant_params(ranges[1, 0], ranges[1, 1], lut_min, dev)
+    n = levels - 1
     fused = numerics == "fixed" and not calibrate_out
-    pout = quant_params(ranges[2, 0], ranges[2, 1], None, dev) if fused else None
     out, acc_min, acc_max = optical_linear_fwd(
-        x2, weight, bias if fused else None, px, pw, pout, rng, n, lut=lut_min is not None, out_dtype=x.dtype
+        x.reshape(-1, x.shape[-1]),
+        weight,
+        bias if fused else None,
+        ranges.contiguous(),
+        rng,
+        n,
+        lut_min=lut_min,
+        readout=fused,
+        out_dtype=x.dtype,
     )
     if fused:
         y, omin, omax = out, acc_min, acc_max
@@ -104,12 +109,18 @@ def matmul_kernel_path(
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_matmul import optical_matmul_fwd
 
-    n, dev = levels - 1, a.device
-    pa = quant_params(ranges[0, 0], ranges[0, 1], None, dev)
-    pb = quant_params(ranges[1, 0], ranges[1, 1], lut_min, dev)
+    n = levels - 1
     fused = numerics == "fixed" and not calibrate_out
-    pout = quant_params(ranges[2, 0], ranges[2, 1], None, dev) if fused else None
-    out, acc_min, acc_max = optical_matmul_fwd(a, b, pa, pb, pout, rng, n, lut=lut_min is not None, out_dtype=a.dtype)
+    out, acc_min, acc_max = optical_matmul_fwd(
+        a,
+        b,
+        ranges.contiguous(),
+        rng,
+        n,
+        lut_min=lut_min,
+        readout=fused,
+        out_dtype=a.dtype,
+    )
     if fused:
         return out, acc_min, acc_max
     return _readout(

@@ -28,7 +28,7 @@ def _optical_linear_op(
     numerics: str,
     calibrate_out: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    impl = linear_kernel_path if use_kernels(x) else optical_linear_ref
+    impl = linear_kernel_path if use_kernels(x, levels) else optical_linear_ref
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(x.device.type, enabled=False):
         return impl(

@@ -34,7 +34,7 @@ def _optical_matmul_op(
     numerics: str,
     calibrate_out: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    impl = matmul_kernel_path if use_kernels(a) else optical_matmul_ref
+    impl = matmul_kernel_path if use_kernels(a, levels) else optical_matmul_ref
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(a.device.type, enabled=False):
         return impl(a, b, ranges, rng, levels=levels, lut_min=lut_min, numerics=numerics, calibrate_out=calibrate_out)

@@ -4,9 +4,10 @@ Why: the optical read-out needs one dither value per output element that depends
 (seed, call counter, stream id, global element index) — never on tile size, device or launch
 order — so the CPU reference and the GPU kernels draw exactly the same numbers.
 
-Contract (docs/architecture.md): key = (seed low 32 bits, seed high 32 bits); counter words
-c0/c1 = element index low/high 32 bits, c2 = call counter low 32 bits, c3 = stream id;
-uniform u = (first output word >> 8) · 2⁻²⁴ ∈ [0, 1), exact in fp32.
+Contract (docs/numerics.md): element i takes output word i mod 4 of Philox at counter
+c0/c1 = (i div 4) low/high 32 bits, c2 = call counter low 32 bits, c3 = stream id, with
+key = (seed low 32 bits, seed high 32 bits); u = (word >> 8) · 2⁻²⁴ ∈ [0, 1), exact in fp32.
+All four words are used (Random123's own usage): one Philox evaluation per four elements.
 
 torch has no usable uint32 arithmetic, so words live in int64 tensors holding values in
 [0, 2³²). A 32×32-bit product needs all 64 bits, beyond int64's range; torch's integer kernels wrap
@@ -34,17 +35,15 @@ def _mulhilo(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
     return (p >> 32) & _MASK32, p & _MASK32
 
 
-def philox_word0(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor) -> Tensor:
-    """First output word of Philox4x32-10 for broadcastable int64 words in [0, 2³²)."""
-    for r in range(_N_ROUNDS):
+def philox4(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor) -> tuple[Tensor, ...]:
+    """The four output words of Philox4x32-10 for broadcastable int64 words in [0, 2³²)."""
+    for _ in range(_N_ROUNDS):
         hi_b, lo_b = _mulhilo(c2, _ROUND_B)
-        if r == _N_ROUNDS - 1:  # only word 0 of the last round is used
-            return (hi_b ^ c1).bitwise_xor_(k0)
         hi_a, lo_a = _mulhilo(c0, _ROUND_A)
         c0, c1, c2, c3 = (hi_b ^ c1).bitwise_xor_(k0), lo_b, (hi_a ^ c3).bitwise_xor_(k1), lo_a
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
-    raise AssertionError("unreachable")
+    return c0, c1, c2, c3
 
 
 def _as_i64(v: int | Tensor, device: torch.device) -> Tensor:
@@ -72,9 +71,13 @@ def philox_uniform(
     # CPU: chunks small enough to stay in cache (and out of the allocator's page-faulting mmap path)
     chunk = _CPU_CHUNK if device.type == "cpu" else max(numel, 1)
     for start in range(0, numel, chunk):
-        idx = torch.arange(start + offset, min(start + chunk, numel) + offset, dtype=torch.int64, device=device)
-        w0 = philox_word0(idx & _MASK32, (idx >> 32) & _MASK32, c2, c3, k0, k1)
-        torch.mul((w0 >> 8).to(torch.float32), 2.0**-24, out=out[start : start + idx.numel()])
+        stop = min(start + chunk, numel)
+        first, last = (start + offset) // 4, (stop - 1 + offset) // 4  # the counters this chunk touches
+        ctr = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+        words = torch.stack(philox4(ctr & _MASK32, (ctr >> 32) & _MASK32, c2, c3, k0, k1), dim=1).view(-1)
+        skip = (start + offset) % 4
+        w = words[skip : skip + stop - start]
+        torch.mul((w >> 8).to(torch.float32), 2.0**-24, out=out[start:stop])
     return out
 
 
@@ -87,5 +90,5 @@ def single_dither(seed: int | Tensor, device: torch.device | str) -> Tensor:
     device = torch.device(device)
     s = _as_i64(seed, device)
     zero = torch.zeros((), dtype=torch.int64, device=device)
-    w0 = philox_word0(zero, zero, zero, zero, s & _MASK32, (s >> 32) & _MASK32)
+    w0 = philox4(zero, zero, zero, zero, s & _MASK32, (s >> 32) & _MASK32)[0]
     return (w0 >> 8).to(torch.float32) * 2.0**-24

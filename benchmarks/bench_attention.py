@@ -1,0 +1,177 @@
+"""Benchmark: optical attention forward + backward against PyTorch SDPA and eager attention, causal, bf16.
+
+Run on a GPU machine from the repository root:
+    PYTHONPATH=src python3 benchmarks/bench_attention.py --block 1024 --out bench_attention.md
+Per head shape (the 60M and 600M Llamas' attention, head_dim 64): do_bench medians (ms) of
+- SDPA flash fwd+bwd (`is_causal=True, enable_gqa=True`),
+- eager fwd+bwd: transformers' `eager_attention_forward` (materialised scores: Q·Kᵀ, mask, fp32 softmax, P·V),
+- optical fwd+bwd and optical fwd alone: `optical_attention_forward` in training mode (ranges updating),
+plus the ratio optical / SDPA (fwd+bwd) and whether one optical fwd+bwd makes a host sync
+(`torch.cuda.set_sync_debug_mode("error")`). Q, K, V are [B, T, H, D] transposed to [B, H, T, D], the
+layout Llama's projections hand to attention; the mask is eager attention's additive fp32 causal mask
+[B, 1, T, T] (the trainer keeps fp32 master weights under bf16 autocast, so the mask is fp32).
+One table, markdown, to stdout and --out.
+"""
+
+import argparse
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# (name, batch, query heads, KV heads, head_dim)
+SHAPES = [("60M", 8, 6, 2, 64), ("600M", 4, 18, 6, 64)]
+OTLIB_CONFIG = Path(__file__).resolve().parents[1] / "configs/otlib/optical_transformer.toml"
+
+
+def make_module(num_heads: int, num_kv_heads: int, device: torch.device) -> nn.Module:
+    """Stand-in for a LlamaAttention: the optical state submodule, GQA group size, training mode."""
+    from otlib import load_config
+    from otlib.layers import STATE_ATTR, OpticalAttentionState
+
+    cfg = load_config(OTLIB_CONFIG)
+    module = nn.Module()
+    module.add_module(STATE_ATTR, OpticalAttentionState(cfg.attention, cfg.numerics, (0, 1), device=device))
+    module.num_key_value_groups = num_heads // num_kv_heads  # read by eager_attention_forward
+    return module.train()
+
+
+def causal_mask(batch: int, t: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`optical_mask`'s additive causal mask [B, 1, T, T], materialised as it is: 0 up to the diagonal, min above."""
+    mask = torch.full((t, t), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+    return mask.expand(batch, 1, t, t).contiguous()
+
+
+def make_sdpa(q: Tensor, k: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Causal SDPA on the flash backend: GQA by `enable_gqa`, or K/V repeated where that fails (decided once)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def gqa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    def repeated(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    try:
+        with torch.no_grad():
+            gqa(q, k, k)
+        return gqa
+    except (TypeError, RuntimeError) as exc:
+        print(f"SDPA enable_gqa unavailable ({type(exc).__name__}): K/V repeated", flush=True)
+        return repeated
+
+
+def attention_fns(
+    batch: int, heads: int, kv_heads: int, dim: int, t: int, device: torch.device
+) -> tuple[dict[str, Callable[[], Tensor]], list[Tensor]]:
+    """Forward callables of the three attentions on shared bf16 leaves q, k, v (all requiring grad)."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from otlib import optical_attention_forward
+
+    def leaf(h: int) -> Tensor:
+        return torch.randn(batch, t, h, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+
+    q, k, v = leaf(heads), leaf(kv_heads), leaf(kv_heads)
+    module, mask, scaling = make_module(heads, kv_heads, device), causal_mask(batch, t, device), dim**-0.5
+
+    def qkv() -> tuple[Tensor, Tensor, Tensor]:
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    sdpa = make_sdpa(*qkv()[:2])
+    fns = {
+        "sdpa": lambda: sdpa(*qkv()),
+        "eager": lambda: eager_attention_forward(module, *qkv(), mask, scaling)[0],
+        "optical": lambda: optical_attention_forward(module, *qkv(), mask, scaling)[0],
+    }
+    return fns, [q, k, v]
+
+
+def fwd_bwd(fn: Callable[[], Tensor]) -> Callable[[], None]:
+    """fn's forward then backward with a fixed random output gradient (drawn on the first call)."""
+    grad: list[Tensor] = []
+
+    def run() -> None:
+        out = fn()
+        if not grad:
+            grad.append(torch.randn_like(out))
+        out.backward(grad[0])
+
+    return run
+
+
+def host_syncs(fn: Callable[[], None]) -> str:
+    """'none' when fn runs under set_sync_debug_mode('error'), else 'SYNC'."""
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        fn()
+        return "none"
+    except RuntimeError as exc:
+        if "synchroniz" not in str(exc):
+            raise
+        return "SYNC"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def bench_shape(batch: int, heads: int, kv_heads: int, dim: int, t: int) -> dict[str, float | str]:
+    from triton.testing import do_bench
+
+    fns, leaves = attention_fns(batch, heads, kv_heads, dim, t, torch.device("cuda"))
+    runs = {f"{name}_fwd_bwd": fwd_bwd(fn) for name, fn in fns.items()}
+    runs["optical_fwd"] = fns["optical"]
+    out: dict[str, float | str] = {}
+    for fn in runs.values():
+        fn()  # compile / autotune, and the optical ranges' calibration step, outside the timing
+    out["syncs"] = host_syncs(runs["optical_fwd_bwd"])
+    for name, fn in runs.items():
+        out[name] = do_bench(fn, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--block", type=int, default=1024, help="T, the sequence length")
+    ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention.py needs a CUDA GPU")
+    import transformers
+    import triton
+
+    cols = ["sdpa_fwd_bwd", "eager_fwd_bwd", "optical_fwd_bwd", "optical_fwd"]
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+        f"transformers {transformers.__version__}, T = {args.block}, bf16, causal",
+        "",
+        "| heads (B × H/Hkv × D) | " + " | ".join(f"{c} ms" for c in cols) + " | optical × SDPA | host syncs |",
+        "|---" * (len(cols) + 3) + "|",
+    ]
+    for name, batch, heads, kv_heads, dim in SHAPES:
+        t = bench_shape(batch, heads, kv_heads, dim, args.block)
+        lines.append(
+            f"| {name} {batch}×{heads}/{kv_heads}×{dim} | "
+            + " | ".join(f"{t[c]:.3f}" for c in cols)
+            + f" | {t['optical_fwd_bwd'] / t['sdpa_fwd_bwd']:.2f} | {t['syncs']} |"
+        )
+        print(lines[-1], flush=True)
+        torch.cuda.empty_cache()
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        d = os.path.dirname(os.path.abspath(args.out))
+        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
+            f.write(text)
+        os.replace(f.name, args.out)
+
+
+if __name__ == "__main__":
+    main()
