@@ -99,10 +99,10 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
     ranges = torch.tensor([[-4.0, 4.0], [-0.2, 0.2], [-4.0, 4.0]], device="cuda")
     rng = torch.tensor([1, 0, 0], device="cuda")
     mm = new_minmax(x.device)
-    xc, _, xs = operand_codes(x.unsqueeze(0), ranges, 0, 255, operand_b=False, minmax=mm)
-    wc, wr, ws = operand_codes(w.unsqueeze(0), ranges, 1, 255, operand_b=True, lut_min=LUT)
-    x_enc = (xc.view(1, 1, m, k), xs.view(1, 1, m))
-    w_enc = (wc.view(1, 1, n, k), wr.view(1, 1, n, k), ws.view(1, 1, n))
+    xc, _, xs = operand_codes(x.unsqueeze(0), ranges, 0, 255, minmax=mm)
+    wc, wr, ws = operand_codes(w.unsqueeze(0), ranges, 1, 255, lut_min=LUT)
+    x_enc = (xc.view(1, 1, m, k), xs.view(1, 1, m, 2))
+    w_enc = (wc.view(1, 1, n, k), wr.view(1, 1, n, k), ws.view(1, 1, n, 2))
     # layers in training mode: fp32 master weights under bf16 autocast, as the trainer runs them
     digital = nn.Linear(k, n, bias=bias, device="cuda")
     optical = OpticalLinear.from_linear(nn.Linear(k, n, bias=bias, device="cuda"), q_lut_min=LUT)
@@ -126,8 +126,8 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
         "otlib_fwd": (lambda: optical_linear(x, w, b, ranges, rng, levels=256, lut_min=LUT), None),
         "encode": (
             lambda: (
-                operand_codes(x.unsqueeze(0), ranges, 0, 255, operand_b=False, minmax=mm),
-                operand_codes(w.unsqueeze(0), ranges, 1, 255, operand_b=True, lut_min=LUT),
+                operand_codes(x.unsqueeze(0), ranges, 0, 255, minmax=mm),
+                operand_codes(w.unsqueeze(0), ranges, 1, 255, lut_min=LUT),
             ),
             None,
         ),

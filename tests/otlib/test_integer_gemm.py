@@ -39,17 +39,18 @@ def test_operand_a_codes_are_reference_levels(dtype, transposed):
     if transposed:  # strided input (the attention's V is read K-strided)
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
     ranges = _ranges(x.float(), x.float())
-    codes, res, sums = operand_codes(x, ranges, 0, N, operand_b=False)
+    codes, res, sums = operand_codes(x, ranges, 0, N)
     k = _levels(x, ranges, 0)
     assert res is None and codes.dtype == torch.int8 and sums.dtype == torch.int32
     assert_equal_verbose(codes.float() + zero_code(N), k)
-    assert_equal_verbose(sums, (k - zero_code(N)).sum(-1).int())
+    assert_equal_verbose(sums[..., 0], (k - zero_code(N)).sum(-1).int())
+    assert bool((sums[..., 1] == 0).all())
 
 
 def test_operand_b_codes_carry_the_lut_floor():
     w = torch.randn(3, 96, 130, device=DEVICE) * 0.1  # [G, N, K]
     ranges = _ranges(w, w)
-    codes, res, sums = operand_codes(w, ranges, 1, N, operand_b=True, lut_min=LUT)
+    codes, res, sums = operand_codes(w, ranges, 1, N, lut_min=LUT)
     p = quant_params(ranges[1, 0], ranges[1, 1], LUT, w.device)
     q_ref = quantize_core(w, p, N, lut=True)  # the reference's LUT(Q_det(w))
     k = _levels(w, ranges, 1)
@@ -67,8 +68,8 @@ def test_operand_b_codes_carry_the_lut_floor():
     err = (represented - q_ref.double()).abs()
     assert err[~floored].max() <= 4e-7 * w.abs().max().item()
     assert err[floored].max() <= 0.5 * d * 1.001
-    # column sums: Σ_k of the represented values (fp32)
-    torch.testing.assert_close(sums.double(), represented.sum(-1), rtol=1e-5, atol=1e-4)
+    # exact integer sums of both code planes
+    assert_equal_verbose(sums, torch.stack([codes.int().sum(-1), res.int().sum(-1)], dim=-1).int())
 
 
 def test_accumulator_matches_exact_product_of_quantized_operands():
@@ -129,3 +130,20 @@ def test_grouped_batched_matmul_equals_per_head_products():
         ]
     )
     assert_equal_verbose(c, per_head)  # exact integer sums: the batching changes nothing
+
+
+def test_entries_at_level_zero_add_nothing():
+    """Causal attention: P·V with P = 0 on future keys and P's range starting at 0. Changing the future values
+    must not change a single bit of the earlier rows (the integer sums see exactly nothing of them)."""
+    p = torch.rand(2, 3, 40, 40, device=DEVICE).tril()  # row i attends to keys 0..i
+    p = p / p.sum(-1, keepdim=True)
+    v = torch.randn(2, 3, 40, 16, device=DEVICE)
+    ranges = torch.tensor([[0.0, 1.0], [v.min(), v.max()], [-2.0, 2.0]], device=DEVICE)
+    rng = torch.tensor([3, 1, 2], device=DEVICE)
+    later = v.clone()
+    later[:, :, 25:] = torch.randn(2, 3, 15, 16, device=DEVICE) * 0.5
+    for readout in (False, True):
+        c1 = optical_matmul_fwd(p, v, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=p.dtype)[0]
+        c2 = optical_matmul_fwd(p, later, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=p.dtype)[0]
+        assert_equal_verbose(c1[:, :, :25], c2[:, :, :25])
+        assert not torch.equal(c1[:, :, 25:], c2[:, :, 25:])

@@ -2,11 +2,15 @@
 
 Algorithm (per call; docs/numerics.md "Integer-code GEMM"):
     operands → int8 codes by the operand encoder (quantize.py), once per call:
-        Q_det(a) = c_a + s_a·a              a: int8 codes, row sums Σa per output row
-        LUT(Q_det(b)) = c_b + s_b·b + d·j   b, j: int8 codes in [N, K] layout, Σ of the values per column
+        Q_det(a) = lo_a + s_a·k_a,  k_a = a + z     a: int8 codes of the levels k_a ∈ [0, n], z = ⌈n / 2⌉
+        LUT(Q_det(b)) = c_b + s_b·b + d·j           b, j: int8 codes in [N, K] layout
+        plus the exact sums Σ_k a, Σ_k b, Σ_k j per row of each operand
     for each output tile (batch, m-block, n-block):
-        D1 = Σ_k a·b,  D2 = Σ_k a·j         int8 tensor-core products, EXACT in int32
-        acc = s_a·(s_b·D1 + d·D2 + c_b·Σa) + c_a·Σ_k Qb     fp32; equals Q(a)·Q(b) to fp32 rounding
+        D1 = Σ_k a·b,  D2 = Σ_k a·j                 int8 tensor-core products, EXACT in int32
+        Σ k_a·b = D1 + z·Σb,  Σ k_a·j = D2 + z·Σj,  Σ k_a = Σa + z·K      still exact integers
+        acc = s_a·(c_b·Σk_a + s_b·Σk_a·b + d·Σk_a·j) + lo_a·Σ_k Qb     fp32; = Q(a)·Q(b) to fp32 rounding
+An element of a at level 0 adds exactly nothing to the integer sums, so where lo_a = 0 (attention's
+softmax probabilities) masked entries cannot leak the values they multiply into the result.
         range observation: atomic min/max of acc into two fp32 scalars
         READOUT: y = Q_stoch(acc; out range) with Philox at the flat output index, + bias; else store acc
 The integer sums are exact whatever the tile shape or summation order, so results do not depend on the
@@ -82,6 +86,7 @@ def _optical_gemm_kernel(
     M_BUCKET,
     n_f,
     zero,
+    zero_i,
     # batch / head strides of a codes, a sums, b (and j) codes, b sums
     stride_ab,
     stride_ah,
@@ -139,21 +144,21 @@ def _optical_gemm_kernel(
     # ---- epilogue 1: the fp32 accumulator from the exact integer sums (same ops for every tile shape)
     lo_a, _, _, width_a, _, _ = range_params(ranges_ptr, 0, lam_bits, eps_bits)
     lo_b, _, _, width_b, pos_b, neg_b = range_params(ranges_ptr, 1, lam_bits, eps_bits)
-    s_a, c_a = code_scale(lo_a, width_a, n_f, zero)
+    s_a, _ = code_scale(lo_a, width_a, n_f, zero)
     s_b, c_b = code_scale(lo_b, width_b, n_f, zero)
-    row_sum = tl.load(
-        asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh + offs_m, mask=offs_m < M, other=0
-    )
-    col_sum = tl.load(
-        bsum_ptr + batch.to(tl.int64) * stride_qb + (head // GROUP).to(tl.int64) * stride_qh + offs_n,
-        mask=offs_n < N,
-        other=0.0,
-    )
-    inner = s_b * acc.to(tl.float32) + c_b * row_sum.to(tl.float32)[:, None]
+    a_sums = asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh + offs_m * 2
+    b_sums = bsum_ptr + batch.to(tl.int64) * stride_qb + (head // GROUP).to(tl.int64) * stride_qh + offs_n * 2
+    sum_ka = tl.load(a_sums, mask=offs_m < M, other=0) + zero_i * K  # Σ_k k_a
+    sum_b = tl.load(b_sums, mask=offs_n < N, other=0)
+    sum_j = tl.load(b_sums + 1, mask=offs_n < N, other=0)
+    ka_b = acc + zero_i * sum_b[None, :]  # Σ_k k_a·b
+    inner = c_b * sum_ka.to(tl.float32)[:, None] + s_b * ka_b.to(tl.float32)
+    col_value = c_b * K + s_b * sum_b.to(tl.float32)  # Σ_k Qb per column
     if LUT:
         d = lut_substitutes(lo_b, pos_b, neg_b, n_f, s_b)[4]
-        inner = inner + d * acc_j.to(tl.float32)
-    val = s_a * inner + c_a * col_sum[None, :]
+        inner = inner + d * (acc_j + zero_i * sum_j[None, :]).to(tl.float32)
+        col_value = col_value + d * sum_j.to(tl.float32)
+    val = s_a * inner + lo_a * col_value[None, :]
     # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0))
@@ -201,8 +206,8 @@ def optical_gemm(
     out_dtype: torch.dtype,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """Encoded a = (codes [B, H, M, K], row sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
-    LUT residual codes or None, column value sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous.
+    """Encoded a = (codes [B, H, M, K], sums [B, H, M, 2]) times encoded b = (codes [B, H // group, N, K],
+    LUT residual codes or None, sums [B, H // group, N, 2]) → c [B·H, M, N]; inner dims contiguous.
     ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out); lut_min: λ of operand b (None = off).
 
     readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
@@ -243,6 +248,7 @@ def optical_gemm(
         min(triton.next_power_of_2(M), 16384),
         float(n),
         float(zero_code(n)),
+        zero_code(n),
         a_codes.stride(0),
         a_codes.stride(1),
         a_sums.stride(0),
@@ -283,11 +289,9 @@ def optical_matmul_fwd(
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
     minmax = new_minmax(a.device)
-    a_codes, _, a_sums = operand_codes(a.reshape(-1, M, K), ranges, 0, n, operand_b=False, minmax=minmax)
+    a_codes, _, a_sums = operand_codes(a.reshape(-1, M, K), ranges, 0, n, minmax=minmax)
     # b as [G, N, K]: codes come out K-contiguous, the layout the int8 tensor-core product wants
-    b_codes, b_res, b_sums = operand_codes(
-        b.reshape(-1, K, N).transpose(1, 2), ranges, 1, n, operand_b=True, lut_min=lut_min
-    )
+    b_codes, b_res, b_sums = operand_codes(b.reshape(-1, K, N).transpose(1, 2), ranges, 1, n, lut_min=lut_min)
     group = 1
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]
@@ -301,9 +305,9 @@ def optical_matmul_fwd(
             return None
         return t.view(*lead_t, *inner).expand(*lead[:-1], heads, *inner).reshape(-1, heads, *inner)
 
-    a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M]))
+    a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M, 2]))
     hb = h // group
-    b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_res, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N]))
+    b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_res, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N, 2]))
     if a.numel() == 0 or b.numel() == 0:  # no launch wrote the range: empty products observe nothing
         minmax[0].fill_(float("inf"))
         minmax[1].fill_(float("-inf"))

@@ -132,8 +132,8 @@ def quantize_fwd(
 # Operand encoder. Deterministic levels k ∈ [0, n] (bit-identical to the reference's) are stored as int8
 # codes a = k − zero, zero = ⌈n / 2⌉, so Q = c + s·a (code_scale). For the LUT operand, floored elements
 # get the code of the level nearest the floor value plus an int8 residual code j (lut_substitutes), so
-# LUT(Q) = c + s·a + d·j. Per row of the output layout [G, R, C] (C = the reduction dim) it also writes
-# Σ_c a (operand A: int32) or Σ_c of the represented values (operand B: fp32), which the GEMM epilogue needs.
+# LUT(Q) = c + s·a + d·j. Per row of the output layout [G, R, C] (C = the reduction dim) it also writes the
+# exact int32 sums (Σ_c a, Σ_c j), which the GEMM epilogue needs.
 
 _CODES_BLOCK_R, _CODES_BLOCK_C = (64, 256) if INTERPRET else (32, 128)
 
@@ -162,7 +162,6 @@ def _operand_codes_kernel(
     zero,
     # meta-parameters
     LUT: tl.constexpr,
-    VALUE_SUMS: tl.constexpr,
     INIT_MINMAX: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -174,9 +173,9 @@ def _operand_codes_kernel(
         tl.store(min_ptr, float("inf"), mask=first)
         tl.store(max_ptr, float("-inf"), mask=first)
     lo, hi, div, width, pos, neg = range_params(ranges_ptr, row, lam_bits, eps_bits)
-    s, c = code_scale(lo, width, n_f, zero)
     if LUT:
-        c_pos, j_pos, c_neg, j_neg, d = lut_substitutes(lo, pos, neg, n_f, s)
+        s, _ = code_scale(lo, width, n_f, zero)
+        c_pos, j_pos, c_neg, j_neg, _ = lut_substitutes(lo, pos, neg, n_f, s)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < R
     x_rows = x_ptr + g.to(tl.int64) * stride_g + offs_r[:, None].to(tl.int64) * stride_r
@@ -199,14 +198,9 @@ def _operand_codes_kernel(
         a = tl.where(m, k - zero, 0.0).to(tl.int32)
         tl.store(codes_ptr + out_rows + offs_c[None, :], a.to(tl.int8), mask=m)
         sum_a += tl.sum(a, axis=1)
-    sums = sums_ptr + g.to(tl.int64) * R + offs_r
-    if VALUE_SUMS:
-        v = c * C + s * sum_a.to(tl.float32)
-        if LUT:
-            v = v + d * sum_j.to(tl.float32)
-        tl.store(sums, v, mask=row_ok)
-    else:
-        tl.store(sums, sum_a, mask=row_ok)
+    sums = sums_ptr + (g.to(tl.int64) * R + offs_r) * 2
+    tl.store(sums, sum_a, mask=row_ok)
+    tl.store(sums + 1, sum_j, mask=row_ok)
 
 
 def zero_code(n: int) -> int:
@@ -220,22 +214,21 @@ def operand_codes(
     row: int,
     n: int,
     *,
-    operand_b: bool,
     lut_min: float | None = None,
     minmax: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Encode x viewed as [G, R, C] (any strides; C is the reduction dim) → (codes int8 [G, R, C] contiguous,
-    LUT residual codes int8 [G, R, C] or None, row sums [G, R]: int32 Σ codes (operand A) or fp32 Σ values (B)).
+    LUT residual codes int8 [G, R, C] or None, int32 sums [G, R, 2] = (Σ_c codes, Σ_c residual codes)).
 
     ranges: contiguous fp32 [rows, 2] (lo, hi) on the device; `row` is this operand's. lut_min: the LUT floor
-    λ (operand B only; None = off). minmax: two fp32 0-d tensors this launch sets to (+inf, −inf) for the
+    λ (the SLM operand B only; None = off). minmax: two fp32 0-d tensors this launch sets to (+inf, −inf) for the
     GEMM's range atomics.
     """
     lut = lut_min is not None
     G, R, C = x.shape
     codes = torch.empty((G, R, C), dtype=torch.int8, device=x.device)
     res = torch.empty_like(codes) if lut else None
-    sums = torch.empty((G, R), dtype=torch.float32 if operand_b else torch.int32, device=x.device)
+    sums = torch.empty((G, R, 2), dtype=torch.int32, device=x.device)
     if G * R == 0:
         return codes, res, sums
     grid = (triton.cdiv(R, _CODES_BLOCK_R), G)
@@ -255,7 +248,6 @@ def operand_codes(
         float(n),
         float(zero_code(n)),
         LUT=lut,
-        VALUE_SUMS=operand_b,
         INIT_MINMAX=minmax is not None,
         BLOCK_R=_CODES_BLOCK_R,
         BLOCK_C=_CODES_BLOCK_C,
