@@ -14,13 +14,12 @@ One table, markdown, to stdout and --out.
 """
 
 import argparse
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
 from torch import Tensor, nn
 
 # (name, batch, query heads, KV heads, head_dim)
@@ -167,10 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        d = os.path.dirname(os.path.abspath(args.out))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            f.write(text)
-        os.replace(f.name, args.out)
+        write_atomic(args.out, text)
 
 
 if __name__ == "__main__":

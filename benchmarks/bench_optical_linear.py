@@ -10,11 +10,10 @@ mode (range EMA, read-out, straight-through backward) against `nn.Linear`, bf16 
 """
 
 import argparse
-import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
+from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
 from torch import nn
 
 # (name, K, N) of the 60M / 200M / 600M Llamas' q, up and down projections (docs/performance.md)
@@ -212,10 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        d = os.path.dirname(os.path.abspath(args.out))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            f.write(text)
-        os.replace(f.name, args.out)
+        write_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ import gc
 import itertools
 import os
 import statistics
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
 
 PRESETS = {"60m": "clm-60m-shape", "200m": "clm-200m-shape"}
 MODES = ("digital", "optical")
@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        d = os.path.dirname(os.path.abspath(args.out))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            f.write(text)
-        os.replace(f.name, args.out)
+        write_atomic(args.out, text)
 
 
 if __name__ == "__main__":

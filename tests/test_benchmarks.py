@@ -1,0 +1,51 @@
+"""The benchmark scripts import cleanly, parse their arguments and refuse to run without a CUDA GPU
+(CI has none: their GPU runs are recorded in docs/performance.md)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = {
+    "bench_optical_linear": ["--tokens", "64"],
+    "bench_attention": ["--block", "32"],
+    "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
+    "profile_optical_linear": ["--tokens", "64"],
+    "run_all": ["--out", "unused.md"],
+}
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their sibling report.py, as when run directly
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_refuses_without_gpu(name):
+    module = _load(name)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        module.main(SCRIPTS[name])
+
+
+def test_training_step_rejects_one_warmup_step():
+    module = _load("bench_training_step")
+    with pytest.raises(SystemExit):  # argparse error: the ranges calibrate on step 1
+        module.main(["--warmup", "1"])
+
+
+def test_report_is_written_atomically(tmp_path):
+    report = _load("report")
+    target = tmp_path / "sub" / "table.md"
+    report.write_atomic(str(target), "| a |\n")
+    assert target.read_text() == "| a |\n"
+    assert [p.name for p in target.parent.iterdir()] == ["table.md"]  # no temporary left behind
