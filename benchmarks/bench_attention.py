@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
+from report import emit  # benchmarks/report.py (scripts run from this folder)
 from torch import Tensor, nn
 
 # (name, batch, query heads, KV heads, head_dim)
@@ -163,10 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(lines[-1], flush=True)
         torch.cuda.empty_cache()
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

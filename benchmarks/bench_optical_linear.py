@@ -13,7 +13,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
+from report import emit  # benchmarks/report.py (scripts run from this folder)
 from torch import nn
 
 # (name, K, N) of the 60M / 200M / 600M Llamas' q, up and down projections (docs/performance.md)
@@ -208,10 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(lines[-1], flush=True)
     lines.append(f"\nInteger GEMM tensor-core instructions (PTX): {mma_instructions()}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

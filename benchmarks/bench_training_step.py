@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
+from report import emit  # benchmarks/report.py (scripts run from this folder)
 
 PRESETS = {"60m": "clm-60m-shape", "200m": "clm-200m-shape"}
 MODES = ("digital", "optical")
@@ -180,10 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                     cells = f"{r['ms']:.1f} | {r['tok_s']:,.0f} | {ratio} | {r['syncs']}"
                 lines.append(f"| {preset} | {mode} | {variant} | {cells} |")
                 print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

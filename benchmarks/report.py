@@ -11,3 +11,11 @@ def write_atomic(path: str, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
         f.write(text)
     os.replace(f.name, path)
+
+
+def emit(lines: list[str], out: str | None) -> None:
+    """Print the finished table and write it to `out` (atomically) when given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        write_atomic(out, text)
