@@ -147,3 +147,17 @@ def test_entries_at_level_zero_add_nothing():
         c2 = optical_matmul_fwd(p, later, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=p.dtype)[0]
         assert_equal_verbose(c1[:, :, :25], c2[:, :, :25])
         assert not torch.equal(c1[:, :, 25:], c2[:, :, 25:])
+
+
+@pytest.mark.parametrize(("lead", "m", "k", "n"), [((2,), 0, 8, 4), ((0,), 5, 8, 4), ((), 5, 8, 0), ((2,), 5, 0, 4)])
+def test_empty_products(lead, m, k, n):
+    """No output elements: empty result and an unobserved range (+inf, −inf); K = 0: all-zero accumulator."""
+    ranges = torch.tensor([[-1.0, 1.0], [-1.0, 1.0], [-2.0, 2.0]], device=DEVICE)
+    rng = torch.tensor([1, 2, 3], device=DEVICE)
+    a, b = torch.randn(*lead, m, k, device=DEVICE), torch.randn(*lead, k, n, device=DEVICE)
+    c, lo, hi = optical_matmul_fwd(a, b, ranges, rng, N, lut_min=LUT, readout=False, out_dtype=a.dtype)
+    assert c.shape == (*lead, m, n)
+    if c.numel() == 0:
+        assert lo == float("inf") and hi == float("-inf")
+    else:
+        assert bool((c == 0).all()) and lo == 0 and hi == 0

@@ -31,9 +31,6 @@ def optical_linear_fwd(
     minmax = new_minmax(x2.device)
     x_codes, _, x_sums = operand_codes(x2.unsqueeze(0), ranges, 0, n, minmax=minmax)
     w_codes, w_res, w_sums = operand_codes(weight.unsqueeze(0), ranges, 1, n, lut_min=lut_min)
-    if M == 0:
-        minmax[0].fill_(float("inf"))
-        minmax[1].fill_(float("-inf"))
     c = optical_gemm(
         (x_codes.view(1, 1, M, K), x_sums.view(1, 1, M, 2)),
         (w_codes.view(1, 1, N, K), None if w_res is None else w_res.view(1, 1, N, K), w_sums.view(1, 1, N, 2)),

@@ -19,6 +19,7 @@ call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, pe
 range observed on the accumulator (defect 3), autotune keyed on shapes, 64-bit offsets.
 """
 
+import math
 import os
 
 import torch
@@ -211,7 +212,7 @@ def optical_gemm(
     ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out); lut_min: λ of operand b (None = off).
 
     readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
-    already holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range.
+    holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range; set here when c is empty.
     config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
     """
     a_codes, a_sums = a
@@ -219,7 +220,9 @@ def optical_gemm(
     B, H, M, K = a_codes.shape
     N = b_codes.shape[-2]
     c = torch.empty((B * H, M, N), dtype=out_dtype if readout else torch.float32, device=a_codes.device)
-    if c.numel() == 0:
+    if c.numel() == 0:  # nothing to observe (and the encoder may not have launched to initialise the range)
+        minmax[0].fill_(float("inf"))
+        minmax[1].fill_(float("-inf"))
         return c
     kernel = _optical_gemm_kernel if config is None else _optical_gemm_kernel.fn
     meta = config or {}
@@ -289,9 +292,11 @@ def optical_matmul_fwd(
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
     minmax = new_minmax(a.device)
-    a_codes, _, a_sums = operand_codes(a.reshape(-1, M, K), ranges, 0, n, minmax=minmax)
+    a_codes, _, a_sums = operand_codes(a.reshape(math.prod(lead_a), M, K), ranges, 0, n, minmax=minmax)
     # b as [G, N, K]: codes come out K-contiguous, the layout the int8 tensor-core product wants
-    b_codes, b_res, b_sums = operand_codes(b.reshape(-1, K, N).transpose(1, 2), ranges, 1, n, lut_min=lut_min)
+    b_codes, b_res, b_sums = operand_codes(
+        b.reshape(math.prod(lead_b), K, N).transpose(1, 2), ranges, 1, n, lut_min=lut_min
+    )
     group = 1
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]
@@ -303,13 +308,11 @@ def optical_matmul_fwd(
         # expand (stride 0, no copy) to the common leading shape, then fold the outer dims into one
         if t is None:
             return None
-        return t.view(*lead_t, *inner).expand(*lead[:-1], heads, *inner).reshape(-1, heads, *inner)
+        outer = math.prod(lead[:-1])
+        return t.view(*lead_t, *inner).expand(*lead[:-1], heads, *inner).reshape(outer, heads, *inner)
 
     a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M, 2]))
     hb = h // group
     b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_res, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N, 2]))
-    if a.numel() == 0 or b.numel() == 0:  # no launch wrote the range: empty products observe nothing
-        minmax[0].fill_(float("inf"))
-        minmax[1].fill_(float("-inf"))
     c = optical_gemm(a_enc, b_enc, group, None, ranges, lut_min, rng, n, minmax, readout=readout, out_dtype=out_dtype)
     return c.view(*lead, M, N), minmax[0], minmax[1]
