@@ -5,8 +5,10 @@ Run on a GPU machine from the repository root:
     PYTHONPATH=src python benchmarks/bench_optical_linear.py --tokens 16384 --out bench_linear.md
 Reports `triton.testing.do_bench` medians (ms; first call, which compiles and autotunes, untimed),
 TFLOP/s (2·M·K·N / time) and ratios. Forward: the whole `otlib.ops.optical_linear` call (encode both
-operands + integer-code GEMM with fused read-out), plus its two parts. Layer: `OpticalLinear` in training
-mode (range EMA, read-out, straight-through backward) against `nn.Linear`, bf16 autocast as in training.
+operands + integer-code GEMM with fused read-out), plus its two parts, and two cuBLAS int8 GEMMs of the shape
+(the exact two-plane encoding's floor at cuBLAS's int8 speed). Layer: `OpticalLinear` in training mode (range
+EMA, read-out, straight-through backward) against `nn.Linear`, bf16 autocast as in training, eager and
+replayed from CUDA graphs (`torch.cuda.make_graphed_callables`).
 """
 
 import argparse
@@ -50,13 +52,52 @@ def _bench_graph(fn) -> float:
         return float("nan")
 
 
+def _bench_graphed_step(layer: nn.Module, x_in: torch.Tensor, gy: torch.Tensor) -> float:
+    """A layer's training fwd+bwd replayed from CUDA graphs (`torch.cuda.make_graphed_callables`), median ms:
+    the step's GPU time, without the eager host overhead."""
+    from triton.testing import do_bench
+
+    try:
+        with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):  # graphs need autocast's cache off
+            graphed = torch.cuda.make_graphed_callables(layer, (x_in,))
+
+        def step() -> None:
+            with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
+                graphed(x_in).backward(gy)
+
+        step()
+        return do_bench(step, warmup=25, rep=100, grad_to_none=[x_in], return_mode="median")
+    except Exception as exc:  # a capture failure is a result to report, not a crash
+        print(f"layer graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
+        return float("nan")
+
+
+def _bench_int8_floor(m: int, k: int, n: int) -> float:
+    """Two cuBLAS int8 GEMMs (`torch._int_mm`) of the shape, median ms: what the exact two-plane encoding costs
+    at cuBLAS's own int8 speed, before any quantization or read-out."""
+    a = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), device="cuda", dtype=torch.int8).t()
+    try:
+        return 2 * _bench(lambda: torch._int_mm(a, b))
+    except RuntimeError as exc:
+        print(f"torch._int_mm failed: {str(exc).splitlines()[0][:120]}", flush=True)
+        return float("nan")
+
+
+def _jit_function(kernel):
+    """The JITFunction under autotune / heuristics wrappers."""
+    while not hasattr(kernel, "device_caches"):
+        kernel = kernel.fn
+    return kernel
+
+
 def mma_instructions() -> str:
     """Which tensor-core instruction the compiled integer GEMMs use (wgmma on Hopper, else mma.sync)."""
     from otlib.kernels.optical_matmul import _optical_gemm_kernel
 
     kinds = set()
     try:
-        for cache in _optical_gemm_kernel.fn.device_caches.values():
+        for cache in _jit_function(_optical_gemm_kernel).device_caches.values():
             for compiled in cache[0].values():
                 ptx = compiled.asm.get("ptx", "")
                 kinds.add("wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "no MMA")
@@ -166,6 +207,9 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
     out = {name: _bench(fn, grad) for name, (fn, grad) in fns.items()}
     out["cublas_graph"] = _bench_graph(fns["cublas_fwd"][0])
     out["otlib_graph"] = _bench_graph(fns["otlib_fwd"][0])
+    out["int8_floor"] = _bench_int8_floor(m, k, n)
+    out["linear_layer_graph"] = _bench_graphed_step(digital, x_in, gy)
+    out["otlib_layer_graph"] = _bench_graphed_step(optical, x_in, gy)
     return out
 
 
@@ -185,10 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         f"M = {m} tokens, bias = {args.bias}, bf16 activations",
         "",
         "| shape (K→N) | cuBLAS bf16 fwd ms (TFLOP/s) | otlib fwd ms (TFLOP/s) | otlib fwd throughput ÷ cuBLAS | "
-        "graphed: cuBLAS / otlib fwd ms | encode ms | GEMM+read-out ms | GEMM acc only ms | GEMM no LUT ms | "
-        "peer fwd ms | nn.Linear fwd+bwd ms | OpticalLinear fwd+bwd ms | layer × nn.Linear | "
-        "peer layer fwd+bwd ms |",
-        "|---" * 14 + "|",
+        "graphed: cuBLAS / otlib fwd ms | 2 × cuBLAS int8 ms | encode ms | GEMM+read-out ms | GEMM acc only ms | "
+        "GEMM no LUT ms | peer fwd ms | nn.Linear fwd+bwd ms | OpticalLinear fwd+bwd ms | layer × nn.Linear | "
+        "graphed: nn.Linear / OpticalLinear fwd+bwd ms (×) | peer layer fwd+bwd ms |",
+        "|---" * 16 + "|",
     ]
     for name, k, n in SHAPES:
         t = bench_shape(m, k, n, args.bias)
@@ -202,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {name} {k}→{n} | {cell('cublas_fwd', True)} | {cell('otlib_fwd', True)} | "
             f"{t['cublas_fwd'] / t['otlib_fwd']:.2f} | {t['cublas_graph']:.4f} / {t['otlib_graph']:.4f} | "
-            f"{cell('encode')} | {cell('gemm')} | {cell('gemm_acc')} | {cell('gemm_nolut')} | {cell('peer_fwd')} | "
-            f"{cell('linear_layer')} | {cell('otlib_layer')} | {t['otlib_layer'] / t['linear_layer']:.2f} | "
+            f"{cell('int8_floor')} | {cell('encode')} | {cell('gemm')} | {cell('gemm_acc')} | {cell('gemm_nolut')} | "
+            f"{cell('peer_fwd')} | {cell('linear_layer')} | {cell('otlib_layer')} | "
+            f"{t['otlib_layer'] / t['linear_layer']:.2f} | {t['linear_layer_graph']:.4f} / "
+            f"{t['otlib_layer_graph']:.4f} ({t['otlib_layer_graph'] / t['linear_layer_graph']:.2f}) | "
             f"{cell('peer_layer')} |"
         )
         print(lines[-1], flush=True)

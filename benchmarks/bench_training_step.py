@@ -6,7 +6,8 @@ A step is what the trainer does per batch (src/optical_clm/training.py), without
 and next-token loss under bf16 autocast on fp32 master weights, backward, AdamW step (fused where available),
 zero_grad. Models: the `clm-60m-shape` / `clm-200m-shape` presets (optical_clm.models), randomly initialised,
 random token ids, batch × block tokens per step. Modes: digital (attn_implementation "sdpa") and optical
-(`otlib.transform` with configs/otlib/optical_transformer.toml). Variants: eager and `torch.compile(model)`.
+(`otlib.transform` with configs/otlib/optical_transformer.toml). Variants: eager, `torch.compile(model)`, and
+`torch.compile(model, mode="reduce-overhead")` (CUDA graphs).
 After --warmup steps (compilation; the optical ranges calibrate on step 1, so at least 2), --steps steps are
 timed by CUDA events between steps (one synchronize after the timed block): median ms/step and tokens/s,
 the ratio optical / digital of the same model and variant, and host syncs of one more step under
@@ -28,7 +29,7 @@ from report import emit  # benchmarks/report.py (scripts run from this folder)
 
 PRESETS = {"60m": "clm-60m-shape", "200m": "clm-200m-shape"}
 MODES = ("digital", "optical")
-VARIANTS = ("eager", "compiled")
+VARIANTS = ("eager", "compiled", "cudagraphs")
 OTLIB_CONFIG = Path(__file__).resolve().parents[1] / "configs/otlib/optical_transformer.toml"
 
 
@@ -48,12 +49,15 @@ def build_model(preset: str, mode: str, device: torch.device, layers: int | None
     return model.train()
 
 
-def make_step(model: torch.nn.Module, batch: int, block: int, compiled: bool) -> Callable[[], None]:
-    """One training step on a fixed random batch: autocast forward + loss, backward, AdamW step, zero_grad."""
+def make_step(model: torch.nn.Module, batch: int, block: int, variant: str) -> Callable[[], None]:
+    """One training step on a fixed random batch: autocast forward + loss, backward, AdamW step, zero_grad.
+    variant: "eager", "compiled" (`torch.compile(model)`) or "cudagraphs" (`mode="reduce-overhead"`: the compiled
+    forward and backward replayed from CUDA graphs)."""
     from optical_clm.training import lm_loss, param_groups
 
     device = next(model.parameters()).device
-    forward = torch.compile(model) if compiled else model
+    graphs = variant == "cudagraphs"
+    forward = torch.compile(model, mode="reduce-overhead" if graphs else None) if variant != "eager" else model
     try:
         optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-4, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -62,6 +66,8 @@ def make_step(model: torch.nn.Module, batch: int, block: int, compiled: bool) ->
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
     def step() -> None:
+        if graphs:  # a new iteration: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = lm_loss(forward, x, y)
         loss.backward()
@@ -116,7 +122,7 @@ def run_config(preset: str, mode: str, variant: str, args: argparse.Namespace) -
     step = None
     try:
         model = build_model(preset, mode, torch.device("cuda"), args.layers)
-        step = make_step(model, args.batch, args.block, compiled=variant == "compiled")
+        step = make_step(model, args.batch, args.block, variant)
         del model  # the step closure holds the model and its optimizer: dropping `step` frees both
         ms = statistics.median(time_steps(step, args.warmup, args.steps))
         return {"ms": ms, "tok_s": args.batch * args.block / ms * 1e3, "syncs": host_syncs(step)}

@@ -1,6 +1,9 @@
 """otlib.ops.quantize: the reference against hand-computed values, the Triton kernel (interpreted on CPU)
 against the reference bit for bit, LUT floor, offsets, and the statistics of stochastic rounding."""
 
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 from helpers import assert_equal_verbose
@@ -145,3 +148,28 @@ def test_bad_arguments():
         quantize(x, -1.0, 1.0, lut_min=1.5)
     with pytest.raises(ValueError, match="offset"):
         quantize(x, -1.0, 1.0, offset=-1)
+
+
+def _round_fp32(value: Fraction) -> float:
+    """The fp32 nearest to an exact rational, ties to even (a reference rounding, no double rounding)."""
+    f = np.float32(float(value))
+    candidates = (f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf)))
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - value), int(np.array(c).view(np.int32)) & 1))
+
+
+def test_level_division_without_ieee_divide_is_correctly_rounded():
+    # The compiled kernels form k / n as q0 = k·RN(1/n), q = fma(fma(−q0, n, k), RN(1/n), q0)
+    # (kernels/utils.py level_value). Exhaustive over every level count the kernels take (n ≤ 255) and every
+    # level a read-out can produce (−1 ≤ k ≤ n + 1): q is the correctly rounded k / n, as torch divides.
+    def fma(a, b, c):
+        return _round_fp32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+    bad = []
+    for n in range(1, 256):
+        r = _round_fp32(Fraction(1, n))
+        for k in range(-1, n + 2):
+            q0 = np.float32(np.float32(k) * r)
+            q = fma(fma(-q0, n, k), r, q0)
+            if q != np.float32(k) / np.float32(n):
+                bad.append((k, n))
+    assert not bad, bad[:10]

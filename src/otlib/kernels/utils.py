@@ -12,6 +12,7 @@ import struct
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 INTERPRETED = tl.constexpr(INTERPRET)  # the same flag, readable inside kernels
@@ -23,16 +24,19 @@ LAUNCH_OPTS = {"enable_fp_fusion": False}
 
 @triton.jit
 def round_half_even(t):
-    """Round to nearest, ties to even (= torch.round / rint) for every finite fp32.
+    """Round to nearest, ties to even (= torch.round / rint) for every fp32.
 
-    t − floor(t) is exact in fp32, so the tie test is exact (floor(t + ½) is not: it rounds
-    0.49999997 up).
+    Compiled: libdevice rint (one instruction). Interpreted (no rint there): floor arithmetic,
+    exact because t − floor(t) is exact in fp32 (floor(t + ½) is not: it rounds 0.49999997 up).
     """
-    f = tl.floor(t)
-    r = t - f
-    f_odd = tl.floor(f * 0.5) * 2.0 != f
-    up = (r > 0.5) | ((r == 0.5) & f_odd)
-    return tl.where(up, f + 1.0, f)
+    if INTERPRETED:
+        f = tl.floor(t)
+        r = t - f
+        f_odd = tl.floor(f * 0.5) * 2.0 != f
+        up = (r > 0.5) | ((r == 0.5) & f_odd)
+        return tl.where(up, f + 1.0, f)
+    else:
+        return libdevice.rint(t)
 
 
 @triton.jit
@@ -96,8 +100,21 @@ def scaled_position(x, lo, hi, div, n_f):
 
 @triton.jit
 def level_value(k, rng, lo, n_f):
-    """y = k / n · (hi − lo) + lo for integer-valued fp32 levels k."""
-    return tl.math.div_rn(k, tl.zeros_like(k) + n_f) * rng + lo
+    """y = k / n · (hi − lo) + lo for integer-valued fp32 levels −1 ≤ k ≤ n + 1, n ≤ 255.
+
+    Compiled, k / n is formed without the IEEE division: q0 = k·RN(1/n) and one correction step
+    q = q0 + (k − q0·n)·RN(1/n) with two explicit FMAs (Markstein). That equals the correctly rounded
+    k / n for every such k and n, checked exhaustively (tests/otlib/test_quantize.py); the interpreter
+    divides (its FMA is not fused).
+    """
+    n_t = tl.zeros_like(k) + n_f
+    if INTERPRETED:
+        q = tl.math.div_rn(k, n_t)
+    else:
+        r = tl.zeros_like(k) + tl.math.div_rn(n_f * 0.0 + 1.0, n_f)  # one scalar division per program
+        q0 = k * r
+        q = tl.fma(tl.fma(-q0, n_t, k), r, q0)
+    return q * rng + lo
 
 
 def f64_bits(v: float) -> int:

@@ -5,6 +5,9 @@ a [..., M, K] @ b [..., K, N]; leading dims broadcast, and dim −3 may be group
 b has Hkv heads with H % Hkv == 0, head h uses b's head h // (H / Hkv)) so repeat_kv is not needed.
 Backward (straight-through): grad_A = grad_C · Bᵀ, grad_B = Aᵀ · grad_C with unquantized operands,
 summed over broadcast / grouped dims.
+
+Entry points as in optical_linear.py: the custom op "otlib::optical_matmul" under `torch.compile`, a plain
+`torch.autograd.Function` in eager mode (same forward and backward, less host time per call).
 """
 
 import torch
@@ -23,8 +26,7 @@ def _out_shape(a: Tensor, b: Tensor) -> list[int]:
     return [*lead, a.shape[-2], b.shape[-1]]
 
 
-@torch.library.custom_op("otlib::optical_matmul", mutates_args=())
-def _optical_matmul_op(
+def _forward(
     a: Tensor,
     b: Tensor,
     ranges: Tensor,
@@ -38,6 +40,9 @@ def _optical_matmul_op(
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(a.device.type, enabled=False):
         return impl(a, b, ranges, rng, levels=levels, lut_min=lut_min, numerics=numerics, calibrate_out=calibrate_out)
+
+
+_optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, mutates_args=())
 
 
 @_optical_matmul_op.register_fake
@@ -58,9 +63,11 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0], inputs[1])
 
 
-def _backward(ctx, grad_c: Tensor, _gmin: Tensor, _gmax: Tensor):
+def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | None):
     # Straight-through: identity quantizers, so these are torch.matmul's gradients.
     a, b = ctx.saved_tensors
+    if grad_c is None:  # c unused (the Function does not materialise zero gradients)
+        return None, None, None, None, None, None, None, None
     dt = grad_c.dtype
     bx = expand_groups(a, b).to(dt)
     ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
@@ -69,6 +76,24 @@ def _backward(ctx, grad_c: Tensor, _gmin: Tensor, _gmax: Tensor):
 
 
 _optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _OpticalMatmulFunction(torch.autograd.Function):
+    """The eager entry point: same forward and backward as the custom op, without its wrappers."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # type: ignore[override]
+        # forward(ctx, ...) rather than a separate setup_context: apply() then skips binding the
+        # arguments through inspect.signature, tens of µs per call
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.set_materialize_grads(False)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        return _backward(ctx, *grads)
 
 
 def optical_matmul(
@@ -102,4 +127,5 @@ def optical_matmul(
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
-    return _optical_matmul_op(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out)
+    entry = _optical_matmul_op if torch.compiler.is_compiling() else _OpticalMatmulFunction.apply
+    return entry(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out)
