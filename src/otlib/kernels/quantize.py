@@ -226,8 +226,8 @@ def operand_codes(
     """
     lut = lut_min is not None
     G, R, C = x.shape
-    codes = torch.empty((G, R, C), dtype=torch.int8, device=x.device)
-    res = torch.empty_like(codes) if lut else None
+    planes = torch.empty((2 if lut else 1, G, R, C), dtype=torch.int8, device=x.device)  # one allocation
+    codes, res = planes[0], (planes[1] if lut else None)
     sums = torch.empty((G, R, 2), dtype=torch.int32, device=x.device)
     if G * R == 0:
         return codes, res, sums
