@@ -161,3 +161,22 @@ def test_empty_products(lead, m, k, n):
         assert lo == float("inf") and hi == float("-inf")
     else:
         assert bool((c == 0).all()) and lo == 0 and hi == 0
+
+
+def test_later_calls_launch_the_autotuner_choice_directly():
+    # the first call per key goes through the autotuner; later calls launch the jitted kernel with its choice
+    # (optical_gemm's cache) — the same results, bit for bit, and the choice recorded under the call's key
+    from otlib.kernels import optical_matmul
+
+    m, k, n = 70, 96, 40
+    x = torch.randn(m, k, device=DEVICE)
+    w = torch.randn(n, k, device=DEVICE) / k**0.5
+    ranges, rng = _ranges(x, w), torch.tensor([3, 7, 2], device=DEVICE)
+    optical_matmul._chosen_configs.clear()
+    first = optical_linear_fwd(x, w, None, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=x.dtype)
+    assert len(optical_matmul._chosen_configs) == 1
+    ((key, chosen),) = optical_matmul._chosen_configs.items()
+    assert key[:3] == (triton.next_power_of_2(m), n, k) and {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(chosen)
+    again = optical_linear_fwd(x, w, None, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=x.dtype)
+    for a, b in zip(first, again, strict=True):
+        assert_equal_verbose(b, a)

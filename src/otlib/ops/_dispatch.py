@@ -7,8 +7,9 @@ are imported lazily so `import otlib` works without Triton (CPU-only installs, m
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import Tensor
 
 _force_reference = os.environ.get("OTLIB_FORCE_REFERENCE", "0") == "1"
@@ -50,3 +51,35 @@ def check_state(ranges: Tensor, rng: Tensor) -> None:
         raise ValueError(f"ranges must have shape (3, 2), got {tuple(ranges.shape)}")
     if tuple(rng.shape) != (3,) or rng.dtype.is_floating_point:
         raise ValueError(f"rng must be an integer tensor of shape (3,), got {rng.dtype} {tuple(rng.shape)}")
+
+
+def op_entry(
+    custom_op: Callable,
+    forward: Callable[..., tuple[Tensor, ...]],
+    setup_context: Callable,
+    backward: Callable,
+) -> Callable[..., tuple[Tensor, ...]]:
+    """How an op is called: under torch.compile the registered custom op (its fake kernel gives the shapes);
+    in eager mode a plain autograd.Function with the same forward and backward, which skips the custom op's
+    dispatch and autograd wrappers (about 1 ms of host time per layer step on an H200 host,
+    benchmarks/NOTES.md). Outputs after the first (the accumulator min/max) are not differentiable."""
+
+    class EagerFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):  # type: ignore[override]
+            # forward(ctx, ...), not a separate setup_context: apply() then does not bind the arguments
+            # through inspect.signature (tens of µs per call)
+            output = forward(*inputs)
+            setup_context(ctx, inputs, output)
+            ctx.mark_non_differentiable(*output[1:])
+            ctx.set_materialize_grads(False)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):  # type: ignore[override]
+            return backward(ctx, *grads)
+
+    def call(*inputs):
+        return custom_op(*inputs) if torch.compiler.is_compiling() else EagerFunction.apply(*inputs)
+
+    return call

@@ -14,7 +14,7 @@ CUDA tensors run the Triton kernels, all others the PyTorch reference.
 import torch
 from torch import Tensor
 
-from ._dispatch import check_common, check_state, use_kernels
+from ._dispatch import check_common, check_state, op_entry, use_kernels
 from ._kernel_path import linear_kernel_path
 from .reference import optical_linear_ref
 
@@ -72,22 +72,7 @@ def _backward(ctx, grad_y: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
 _optical_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _OpticalLinearFunction(torch.autograd.Function):
-    """The eager entry point: same forward and backward as the custom op, without its wrappers."""
-
-    @staticmethod
-    def forward(ctx, *inputs):  # type: ignore[override]
-        # forward(ctx, ...) rather than a separate setup_context: apply() then skips binding the
-        # arguments through inspect.signature, tens of µs per call
-        output = _forward(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.set_materialize_grads(False)
-        return output
-
-    @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        return _backward(ctx, *grads)
+_call_linear = op_entry(_optical_linear_op, _forward, _setup_context, _backward)
 
 
 def optical_linear(
@@ -123,5 +108,4 @@ def optical_linear(
         # nn.Linear's autocast rule for the output dtype: the activation is cast to the autocast dtype, so y has it;
         # weight and bias are read in their own dtype (fp32 master weights are quantized directly, no bf16 copy)
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    entry = _optical_linear_op if torch.compiler.is_compiling() else _OpticalLinearFunction.apply
-    return entry(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out)
+    return _call_linear(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out)

@@ -13,7 +13,7 @@ Entry points as in optical_linear.py: the custom op "otlib::optical_matmul" unde
 import torch
 from torch import Tensor
 
-from ._dispatch import check_common, check_state, use_kernels
+from ._dispatch import check_common, check_state, op_entry, use_kernels
 from ._kernel_path import matmul_kernel_path
 from .reference import expand_groups, optical_matmul_ref
 
@@ -78,22 +78,7 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
 _optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _OpticalMatmulFunction(torch.autograd.Function):
-    """The eager entry point: same forward and backward as the custom op, without its wrappers."""
-
-    @staticmethod
-    def forward(ctx, *inputs):  # type: ignore[override]
-        # forward(ctx, ...) rather than a separate setup_context: apply() then skips binding the
-        # arguments through inspect.signature, tens of µs per call
-        output = _forward(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.set_materialize_grads(False)
-        return output
-
-    @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        return _backward(ctx, *grads)
+_call_matmul = op_entry(_optical_matmul_op, _forward, _setup_context, _backward)
 
 
 def optical_matmul(
@@ -127,5 +112,4 @@ def optical_matmul(
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
-    entry = _optical_matmul_op if torch.compiler.is_compiling() else _OpticalMatmulFunction.apply
-    return entry(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out)
+    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out)
