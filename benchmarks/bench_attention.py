@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from report import emit  # benchmarks/report.py (scripts run from this folder)
+from report import emit, host_syncs  # benchmarks/report.py (scripts run from this folder)
 from torch import Tensor, nn
 
 # (name, batch, query heads, KV heads, head_dim)
@@ -105,20 +105,6 @@ def fwd_bwd(fn: Callable[[], Tensor]) -> Callable[[], None]:
         out.backward(grad[0])
 
     return run
-
-
-def host_syncs(fn: Callable[[], None]) -> str:
-    """'none' when fn runs under set_sync_debug_mode('error'), else 'SYNC'."""
-    try:
-        torch.cuda.set_sync_debug_mode("error")
-        fn()
-        return "none"
-    except RuntimeError as exc:
-        if "synchroniz" not in str(exc):
-            raise
-        return "SYNC"
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def bench_shape(batch: int, heads: int, kv_heads: int, dim: int, t: int) -> dict[str, float | str]:

@@ -128,7 +128,7 @@ def _peer_fns(x, w, b, layer_in):
 
 
 def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
-    from otlib.kernels.optical_matmul import _optical_gemm_kernel, new_minmax, optical_gemm
+    from otlib.kernels.optical_matmul import chosen_config, new_minmax, optical_gemm
     from otlib.kernels.quantize import operand_codes
     from otlib.layers import OpticalLinear
     from otlib.ops import optical_linear
@@ -158,8 +158,8 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
 
     layer_step(optical)()  # first training call calibrates the out range: time the steady state
     optical_linear(x, w, b, ranges, rng, levels=256, lut_min=LUT)  # autotunes the GEMM for this shape
-    best = _optical_gemm_kernel.best_config  # the breakdown variants reuse it: one compile each, no autotuning
-    cfg = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+    # the breakdown variants reuse its choice: one compile each, no autotuning
+    cfg = chosen_config(m, n, k, x.dtype, lut=True, readout=True, has_bias=bias)
     print(f"{k}→{n}: GEMM config {cfg}", flush=True)
     fns = {
         "cublas_fwd": (lambda: F.linear(x, w, b), None),

@@ -18,14 +18,12 @@ fails reports its exception in the table. One table, markdown, to stdout and --o
 import argparse
 import gc
 import itertools
-import os
 import statistics
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from report import emit  # benchmarks/report.py (scripts run from this folder)
+from report import emit, host_syncs, short  # benchmarks/report.py (scripts run from this folder)
 
 PRESETS = {"60m": "clm-60m-shape", "200m": "clm-200m-shape"}
 MODES = ("digital", "optical")
@@ -89,32 +87,6 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]
         event.record()
     torch.cuda.synchronize()
     return [a.elapsed_time(b) for a, b in itertools.pairwise(events)]
-
-
-def short(exc: BaseException, limit: int = 100) -> str:
-    """`Type: first line` of an exception, cut to `limit` characters, safe in a markdown cell."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".replace("|", "/")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def host_syncs(step: Callable[[], None]) -> str:
-    """'none' when one step runs under set_sync_debug_mode('error'), else where the first sync happened."""
-    torch_dir = os.path.dirname(torch.__file__)
-    try:
-        torch.cuda.set_sync_debug_mode("error")
-        step()
-        return "none"
-    except Exception as exc:
-        if "synchroniz" not in str(exc):
-            return short(exc)
-        frames = traceback.extract_tb(exc.__traceback__)
-        ours = [f for f in frames if not f.filename.startswith(torch_dir)]  # innermost caller outside torch
-        sites = ours[-1:] + frames[-1:]
-        where = " → ".join(dict.fromkeys(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in sites))
-        return f"SYNC at {where}" if where else "SYNC"
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def run_config(preset: str, mode: str, variant: str, args: argparse.Namespace) -> dict[str, float | str]:

@@ -1,7 +1,9 @@
-"""Shared by the benchmark scripts: the atomic write of a markdown table."""
+"""Shared by the benchmark scripts: the atomic write of a markdown table, and the host-sync check."""
 
 import os
 import tempfile
+import traceback
+from collections.abc import Callable
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -19,3 +21,31 @@ def emit(lines: list[str], out: str | None) -> None:
     print(text)
     if out:
         write_atomic(out, text)
+
+
+def short(exc: BaseException, limit: int = 100) -> str:
+    """`Type: first line` of an exception, cut to `limit` characters, safe in a markdown cell."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def host_syncs(step: Callable[[], None]) -> str:
+    """'none' when one step runs under set_sync_debug_mode('error'), else where the first sync happened."""
+    import torch
+
+    torch_dir = os.path.dirname(torch.__file__)
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        step()
+        return "none"
+    except Exception as exc:
+        if "synchroniz" not in str(exc):
+            return short(exc)
+        frames = traceback.extract_tb(exc.__traceback__)
+        ours = [f for f in frames if not f.filename.startswith(torch_dir)]  # innermost caller outside torch
+        sites = ours[-1:] + frames[-1:]
+        where = " → ".join(dict.fromkeys(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in sites))
+        return f"SYNC at {where}" if where else "SYNC"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -43,6 +43,11 @@ from .utils import (
 )
 
 
+def _even_k(K: int, block_k: int) -> bool:
+    """Whether the K loop needs no masks (every K tile full)."""
+    return K % block_k == 0
+
+
 def autotune_configs() -> list[triton.Config]:
     if INTERPRET:  # the interpreter runs one config; big tiles keep programs × ops small
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8})]
@@ -64,7 +69,7 @@ def autotune_configs() -> list[triton.Config]:
 
 
 @triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "LUT", "READOUT"])
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.heuristics({"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"])})
 @triton.jit
 def _optical_gemm_kernel(
     # pointers: codes and sums from operand_codes; ranges = fp32 [3, 2] (lo, hi) rows of (a, b, out)
@@ -235,7 +240,6 @@ def optical_gemm(
         minmax[0].fill_(float("inf"))
         minmax[1].fill_(float("-inf"))
         return c
-    m_bucket = min(triton.next_power_of_2(M), 16384)
     args = (
         a_codes,
         a_sums,
@@ -254,7 +258,7 @@ def optical_gemm(
         K,
         H,
         group,
-        m_bucket,
+        min(triton.next_power_of_2(M), 16384),
         float(n),
         float(zero_code(n)),
         zero_code(n),
@@ -268,16 +272,28 @@ def optical_gemm(
         b_sums.stride(1),
     )
     flags = {"LUT": lut_min is not None, "READOUT": readout, "HAS_BIAS": bias is not None}
-    key = (m_bucket, N, K, c.dtype, *flags.values())
+    key = _config_key(M, N, K, c.dtype, **flags)
     meta = config or _chosen_configs.get(key)
     if meta is None:  # first call for this key: the autotuner picks, then later calls skip its wrappers
         _optical_gemm_kernel[_grid(M, N, B * H)](*args, **flags, **LAUNCH_OPTS)
         best = _optical_gemm_kernel.best_config
         _chosen_configs[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
     else:
-        even_k = K % meta["BLOCK_K"] == 0
+        even_k = _even_k(K, meta["BLOCK_K"])
         _GEMM_JIT[_grid(M, N, B * H)(meta)](*args, **flags, **meta, EVEN_K=even_k, **LAUNCH_OPTS)
     return c
+
+
+def _config_key(M: int, N: int, K: int, out_dtype: torch.dtype, *, LUT: bool, READOUT: bool, HAS_BIAS: bool) -> tuple:
+    """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
+    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, LUT, READOUT, HAS_BIAS)
+
+
+def chosen_config(
+    M: int, N: int, K: int, out_dtype: torch.dtype, *, lut: bool, readout: bool, has_bias: bool
+) -> dict | None:
+    """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
+    return _chosen_configs.get(_config_key(M, N, K, out_dtype, LUT=lut, READOUT=readout, HAS_BIAS=has_bias))
 
 
 def _grid(M: int, N: int, batch: int):
