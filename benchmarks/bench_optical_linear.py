@@ -5,8 +5,8 @@ Run on a GPU machine from the repository root:
     PYTHONPATH=src python benchmarks/bench_optical_linear.py --tokens 16384 --out bench_linear.md
 Reports `triton.testing.do_bench` medians (ms; first call, which compiles and autotunes, untimed),
 TFLOP/s (2·M·K·N / time) and ratios. Forward: the whole `otlib.ops.optical_linear` call (encode both
-operands + integer-code GEMM with fused read-out), plus its two parts, and two cuBLAS int8 GEMMs of the shape
-(the exact two-plane encoding's floor at cuBLAS's int8 speed). Layer: `OpticalLinear` in training mode (range
+operands + level-code GEMM with fused read-out), eager and replayed from a CUDA graph, plus its two parts.
+Layer: `OpticalLinear` in training mode (range
 EMA, read-out, straight-through backward) against `nn.Linear`, bf16 autocast as in training, eager and
 replayed from CUDA graphs (`torch.cuda.make_graphed_callables`).
 """
@@ -54,9 +54,13 @@ def _bench_graph(fn) -> float:
 
 def _bench_graphed_step(layer: nn.Module, x_in: torch.Tensor, gy: torch.Tensor) -> float:
     """A layer's training fwd+bwd replayed from CUDA graphs (`torch.cuda.make_graphed_callables`), median ms:
-    the step's GPU time, without the eager host overhead."""
+    the step's GPU time, without the eager host overhead. A fresh copy of the layer and input: parameters whose
+    AccumulateGrad nodes the eager runs created on the default stream invalidate the capture."""
+    import copy
+
     from triton.testing import do_bench
 
+    layer, x_in = copy.deepcopy(layer), x_in.detach().clone().requires_grad_()
     try:
         with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):  # graphs need autocast's cache off
             graphed = torch.cuda.make_graphed_callables(layer, (x_in,))
@@ -68,19 +72,7 @@ def _bench_graphed_step(layer: nn.Module, x_in: torch.Tensor, gy: torch.Tensor) 
         step()
         return do_bench(step, warmup=25, rep=100, grad_to_none=[x_in], return_mode="median")
     except Exception as exc:  # a capture failure is a result to report, not a crash
-        print(f"layer graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
-        return float("nan")
-
-
-def _bench_int8_floor(m: int, k: int, n: int) -> float:
-    """Two cuBLAS int8 GEMMs (`torch._int_mm`) of the shape, median ms: what the exact two-plane encoding costs
-    at cuBLAS's own int8 speed, before any quantization or read-out."""
-    a = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
-    b = torch.randint(-128, 128, (n, k), device="cuda", dtype=torch.int8).t()
-    try:
-        return 2 * _bench(lambda: torch._int_mm(a, b))
-    except RuntimeError as exc:
-        print(f"torch._int_mm failed: {str(exc).splitlines()[0][:120]}", flush=True)
+        print(f"layer graph capture failed: {type(exc).__name__}: {exc}", flush=True)
         return float("nan")
 
 
@@ -92,7 +84,7 @@ def _jit_function(kernel):
 
 
 def mma_instructions() -> str:
-    """Which tensor-core instruction the compiled integer GEMMs use (wgmma on Hopper, else mma.sync)."""
+    """Which tensor-core instruction the compiled level-code GEMMs use (wgmma on Hopper, else mma.sync)."""
     from otlib.kernels.optical_matmul import _optical_gemm_kernel
 
     kinds = set()
@@ -139,10 +131,10 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
     ranges = torch.tensor([[-4.0, 4.0], [-0.2, 0.2], [-4.0, 4.0]], device="cuda")
     rng = torch.tensor([1, 0, 0], device="cuda")
     mm = new_minmax(x.device)
-    xc, _, xs = operand_codes(x.unsqueeze(0), ranges, 0, 255, minmax=mm)
-    wc, wr, ws = operand_codes(w.unsqueeze(0), ranges, 1, 255, lut_min=LUT)
-    x_enc = (xc.view(1, 1, m, k), xs.view(1, 1, m, 2))
-    w_enc = (wc.view(1, 1, n, k), wr.view(1, 1, n, k), ws.view(1, 1, n, 2))
+    xc, xs = operand_codes(x.unsqueeze(0), ranges, 0, 255, minmax=mm)
+    wc, ws = operand_codes(w.unsqueeze(0), ranges, 1, 255, lut_min=LUT)
+    x_enc = (xc.view(1, 1, m, k), xs.view(1, 1, m))
+    w_enc = (wc.view(1, 1, n, k), ws.view(1, 1, n))
     # layers in training mode: fp32 master weights under bf16 autocast, as the trainer runs them
     digital = nn.Linear(k, n, bias=bias, device="cuda")
     optical = OpticalLinear.from_linear(nn.Linear(k, n, bias=bias, device="cuda"), q_lut_min=LUT)
@@ -159,7 +151,7 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
     layer_step(optical)()  # first training call calibrates the out range: time the steady state
     optical_linear(x, w, b, ranges, rng, levels=256, lut_min=LUT)  # autotunes the GEMM for this shape
     # the breakdown variants reuse its choice: one compile each, no autotuning
-    cfg = chosen_config(m, n, k, x.dtype, lut=True, readout=True, has_bias=bias)
+    cfg = chosen_config(m, n, k, x.dtype, readout=True, has_bias=bias)
     print(f"{k}→{n}: GEMM config {cfg}", flush=True)
     fns = {
         "cublas_fwd": (lambda: F.linear(x, w, b), None),
@@ -172,31 +164,12 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
             None,
         ),
         "gemm": (
-            lambda: optical_gemm(
-                x_enc, w_enc, 1, b, ranges, LUT, rng, 255, mm, readout=True, out_dtype=x.dtype, config=cfg
-            ),
+            lambda: optical_gemm(x_enc, w_enc, 1, b, ranges, rng, 255, mm, readout=True, out_dtype=x.dtype, config=cfg),
             None,
         ),
         "gemm_acc": (
             lambda: optical_gemm(
-                x_enc, w_enc, 1, b, ranges, LUT, rng, 255, mm, readout=False, out_dtype=x.dtype, config=cfg
-            ),
-            None,
-        ),
-        "gemm_nolut": (
-            lambda: optical_gemm(
-                x_enc,
-                (w_enc[0], None, w_enc[2]),
-                1,
-                b,
-                ranges,
-                None,
-                rng,
-                255,
-                mm,
-                readout=True,
-                out_dtype=x.dtype,
-                config=cfg,
+                x_enc, w_enc, 1, b, ranges, rng, 255, mm, readout=False, out_dtype=x.dtype, config=cfg
             ),
             None,
         ),
@@ -207,7 +180,6 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
     out = {name: _bench(fn, grad) for name, (fn, grad) in fns.items()}
     out["cublas_graph"] = _bench_graph(fns["cublas_fwd"][0])
     out["otlib_graph"] = _bench_graph(fns["otlib_fwd"][0])
-    out["int8_floor"] = _bench_int8_floor(m, k, n)
     out["linear_layer_graph"] = _bench_graphed_step(digital, x_in, gy)
     out["otlib_layer_graph"] = _bench_graphed_step(optical, x_in, gy)
     return out
@@ -217,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384, help="M, the number of token rows")
     ap.add_argument("--bias", action="store_true", help="linears with bias (the study's Llamas have none)")
+    ap.add_argument("--shapes", default=None, help="comma-separated shape names to run (default: all)")
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -229,12 +202,15 @@ def main(argv: list[str] | None = None) -> None:
         f"M = {m} tokens, bias = {args.bias}, bf16 activations",
         "",
         "| shape (K→N) | cuBLAS bf16 fwd ms (TFLOP/s) | otlib fwd ms (TFLOP/s) | otlib fwd throughput ÷ cuBLAS | "
-        "graphed: cuBLAS / otlib fwd ms | 2 × cuBLAS int8 ms | encode ms | GEMM+read-out ms | GEMM acc only ms | "
-        "GEMM no LUT ms | peer fwd ms | nn.Linear fwd+bwd ms | OpticalLinear fwd+bwd ms | layer × nn.Linear | "
+        "graphed: cuBLAS / otlib fwd ms | graphed fwd throughput ÷ cuBLAS | encode ms | GEMM+read-out ms | "
+        "GEMM acc only ms | peer fwd ms | nn.Linear fwd+bwd ms | OpticalLinear fwd+bwd ms | layer × nn.Linear | "
         "graphed: nn.Linear / OpticalLinear fwd+bwd ms (×) | peer layer fwd+bwd ms |",
-        "|---" * 16 + "|",
+        "|---" * 15 + "|",
     ]
+    chosen = None if args.shapes is None else {s.strip() for s in args.shapes.split(",")}
     for name, k, n in SHAPES:
+        if chosen is not None and name not in chosen:
+            continue
         t = bench_shape(m, k, n, args.bias)
         flop = 2 * m * k * n
 
@@ -246,14 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {name} {k}→{n} | {cell('cublas_fwd', True)} | {cell('otlib_fwd', True)} | "
             f"{t['cublas_fwd'] / t['otlib_fwd']:.2f} | {t['cublas_graph']:.4f} / {t['otlib_graph']:.4f} | "
-            f"{cell('int8_floor')} | {cell('encode')} | {cell('gemm')} | {cell('gemm_acc')} | {cell('gemm_nolut')} | "
+            f"{t['cublas_graph'] / t['otlib_graph']:.2f} | {cell('encode')} | {cell('gemm')} | {cell('gemm_acc')} | "
             f"{cell('peer_fwd')} | {cell('linear_layer')} | {cell('otlib_layer')} | "
             f"{t['otlib_layer'] / t['linear_layer']:.2f} | {t['linear_layer_graph']:.4f} / "
             f"{t['otlib_layer_graph']:.4f} ({t['otlib_layer_graph'] / t['linear_layer_graph']:.2f}) | "
             f"{cell('peer_layer')} |"
         )
         print(lines[-1], flush=True)
-    lines.append(f"\nInteger GEMM tensor-core instructions (PTX): {mma_instructions()}")
+    lines.append(f"\nLevel-code GEMM tensor-core instructions (PTX): {mma_instructions()}")
     emit(lines, args.out)
 
 

@@ -6,8 +6,10 @@ A step is what the trainer does per batch (src/optical_clm/training.py), without
 and next-token loss under bf16 autocast on fp32 master weights, backward, AdamW step (fused where available),
 zero_grad. Models: the `clm-60m-shape` / `clm-200m-shape` presets (optical_clm.models), randomly initialised,
 random token ids, batch × block tokens per step. Modes: digital (attn_implementation "sdpa") and optical
-(`otlib.transform` with configs/otlib/optical_transformer.toml). Variants: eager, `torch.compile(model)`, and
-`torch.compile(model, mode="reduce-overhead")` (CUDA graphs).
+(`otlib.transform` with configs/otlib/optical_transformer.toml). Variants: eager, `torch.compile(model)`,
+`torch.compile(model, mode="reduce-overhead")` (CUDA graphs), and graphed: the whole step (forward, loss,
+backward, AdamW with `capturable=True`) captured once into one CUDA graph after the warm-up and replayed,
+PyTorch's whole-network capture: the step's GPU time without host overhead or compilation.
 After --warmup steps (compilation; the optical ranges calibrate on step 1, so at least 2), --steps steps are
 timed by CUDA events between steps (one synchronize after the timed block): median ms/step and tokens/s,
 the ratio optical / digital of the same model and variant, and host syncs of one more step under
@@ -27,7 +29,7 @@ from report import emit, host_syncs, short  # benchmarks/report.py (scripts run 
 
 PRESETS = {"60m": "clm-60m-shape", "200m": "clm-200m-shape"}
 MODES = ("digital", "optical")
-VARIANTS = ("eager", "compiled", "cudagraphs")
+VARIANTS = ("eager", "compiled", "cudagraphs", "graphed")
 OTLIB_CONFIG = Path(__file__).resolve().parents[1] / "configs/otlib/optical_transformer.toml"
 
 
@@ -47,32 +49,68 @@ def build_model(preset: str, mode: str, device: torch.device, layers: int | None
     return model.train()
 
 
-def make_step(model: torch.nn.Module, batch: int, block: int, variant: str) -> Callable[[], None]:
+def make_step(model: torch.nn.Module, batch: int, block: int, variant: str, warmup: int) -> Callable[[], None]:
     """One training step on a fixed random batch: autocast forward + loss, backward, AdamW step, zero_grad.
-    variant: "eager", "compiled" (`torch.compile(model)`) or "cudagraphs" (`mode="reduce-overhead"`: the compiled
-    forward and backward replayed from CUDA graphs)."""
+    variant: "eager", "compiled" (`torch.compile(model)`), "cudagraphs" (`mode="reduce-overhead"`: the compiled
+    forward and backward replayed from CUDA graphs) or "graphed" (`warmup` eager steps on a side stream, then
+    the whole step captured into one CUDA graph; the returned step replays it)."""
     from optical_clm.training import lm_loss, param_groups
 
     device = next(model.parameters()).device
     graphs = variant == "cudagraphs"
-    forward = torch.compile(model, mode="reduce-overhead" if graphs else None) if variant != "eager" else model
+    forward = (
+        torch.compile(model, mode="reduce-overhead" if graphs else None)
+        if variant in ("compiled", "cudagraphs")
+        else model
+    )
+    capturable = {"capturable": True} if variant == "graphed" else {}
     try:
-        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-4, fused=True)
+        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-4, fused=True, **capturable)
     except (RuntimeError, TypeError, ValueError):
-        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-4)
+        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-4, **capturable)
     tokens = torch.randint(0, model.config.vocab_size, (batch, block + 1), device=device)
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+    def forward_backward_update() -> None:
+        # autocast's weight-cast cache must be off inside a CUDA graph capture
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=variant != "graphed"):
+            loss = lm_loss(forward, x, y)
+        loss.backward()
+        optimizer.step()
 
     def step() -> None:
         if graphs:  # a new iteration: the previous step's graph outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = lm_loss(forward, x, y)
-        loss.backward()
-        optimizer.step()
+        forward_backward_update()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    if variant != "graphed":
+        return step
+    return _capture(step, forward_backward_update, warmup)
+
+
+def _capture(step: Callable[[], None], body: Callable[[], None], warmup: int) -> Callable[[], None]:
+    """PyTorch's whole-network capture: warm-up steps on a side stream, gradients set to None, then one
+    forward + backward + optimizer step captured (backward allocates the gradients in the graph's pool, and
+    every replay overwrites them). transformers' packed-sequence check returns None for these batches (one
+    sequence per row, as its eager check finds) without the host sync it costs outside a capture."""
+    from transformers import masking_utils
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    packed_check = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        with torch.cuda.graph(graph):
+            body()
+    finally:
+        masking_utils.find_packed_sequence_indices = packed_check
+    return graph.replay
 
 
 def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
@@ -94,7 +132,7 @@ def run_config(preset: str, mode: str, variant: str, args: argparse.Namespace) -
     step = None
     try:
         model = build_model(preset, mode, torch.device("cuda"), args.layers)
-        step = make_step(model, args.batch, args.block, variant)
+        step = make_step(model, args.batch, args.block, variant, args.warmup)
         del model  # the step closure holds the model and its optimizer: dropping `step` frees both
         ms = statistics.median(time_steps(step, args.warmup, args.steps))
         return {"ms": ms, "tok_s": args.batch * args.block / ms * 1e3, "syncs": host_syncs(step)}

@@ -1,22 +1,21 @@
-"""Batched optical GEMM on integer codes with a fused read-out epilogue; launchers for the optical matmul.
+"""Batched optical GEMM on fp16 level codes with a fused read-out epilogue; launchers for the optical matmul.
 
-Algorithm (per call; docs/numerics.md "Integer-code GEMM"):
-    operands → int8 codes by the operand encoder (quantize.py), once per call:
-        Q_det(a) = lo_a + s_a·k_a,  k_a = a + z     a: int8 codes of the levels k_a ∈ [0, n], z = ⌈n / 2⌉
-        LUT(Q_det(b)) = c_b + s_b·b + d·j           b, j: int8 codes in [N, K] layout
-        plus the exact sums Σ_k a, Σ_k b, Σ_k j per row of each operand
+Algorithm (per call; docs/numerics.md "Level-code GEMM"):
+    operands → fp16 codes by the operand encoder (quantize.py), once per call:
+        Q_det(a) = c_a + s_a·a          a = k_a − z_a: the level minus the level nearest 0 (an exact integer)
+        LUT(Q_det(b)) = c_b + s_b·b     b likewise; a floored element's b is its floor value's fp16 position
+        plus the sums Σ_k a, Σ_k b per row of each operand (fp32)
     for each output tile (batch, m-block, n-block):
-        D1 = Σ_k a·b,  D2 = Σ_k a·j                 int8 tensor-core products, EXACT in int32
-        Σ k_a·b = D1 + z·Σb,  Σ k_a·j = D2 + z·Σj,  Σ k_a = Σa + z·K      still exact integers
-        acc = s_a·(c_b·Σk_a + s_b·Σk_a·b + d·Σk_a·j) + lo_a·Σ_k Qb     fp32; = Q(a)·Q(b) to fp32 rounding
-An element of a at level 0 adds exactly nothing to the integer sums, so where lo_a = 0 (attention's
-softmax probabilities) masked entries cannot leak the values they multiply into the result.
+        D = Σ_k a·b                     one fp16 tensor-core pass, fp32 accumulator
+        acc = s_a·(c_b·Σa + s_b·D) + c_a·Σ_k Qb      fp32; Σ_k Qb = K·c_b + s_b·Σb per column
+An element of a at level 0 adds exactly nothing where lo_a = 0 (attention's softmax probabilities): then
+z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak the values they multiply into the result.
         range observation: atomic min/max of acc into two fp32 scalars
         READOUT: y = Q_stoch(acc; out range) with Philox at the flat output index, + bias; else store acc
-The integer sums are exact whatever the tile shape or summation order, so results do not depend on the
-autotune choice (bit for bit). Differences from mase-triton (docs/numerics.md): operands quantized once per
-call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither (defect 1),
-range observed on the accumulator (defect 3), autotune keyed on shapes, 64-bit offsets.
+Every tile config issues the same k16 MMA instructions in K order, so results do not depend on the autotune
+choice (bit for bit, tested on the GPU). Differences from mase-triton (docs/numerics.md): operands quantized
+once per call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither
+(defect 1), range observed on the accumulator (defect 3), autotune keyed on shapes, 64-bit offsets.
 """
 
 import math
@@ -26,16 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .quantize import operand_codes, zero_code
+from .quantize import operand_codes
 from .utils import (
     EPS_BITS,
     INTERPRET,
     LAUNCH_OPTS,
     cast_for_store,
-    code_scale,
-    f64_bits,
+    code_params,
     level_value,
-    lut_substitutes,
     philox_uniform,
     philox_uniform_tile,
     range_params,
@@ -54,21 +51,21 @@ def autotune_configs() -> list[triton.Config]:
     configs = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
-            # the first is the OTLIB_AUTOTUNE=0 choice; the three 64-wide ones keep the read-out epilogue free of
-            # register spills (SASS for sm_90, benchmarks/NOTES.md), the 128 × 128 ones spill there but suit
-            # the accumulator-only launches
-            (128, 64, 128, 8, 3),
-            (64, 128, 128, 8, 3),
-            (64, 64, 128, 4, 4),
-            (128, 128, 128, 8, 3),
+            # the first is the OTLIB_AUTOTUNE=0 choice. SASS for sm_90 (benchmarks/NOTES.md 16): the read-out
+            # epilogue spills registers at 128 × 128 (not the accumulator-only launch); 128 × 64 and 64 × 128
+            # with 8 warps do not spill at all
+            (128, 64, 64, 8, 4),
+            (64, 128, 64, 8, 4),
             (128, 128, 64, 8, 3),
+            (128, 128, 64, 8, 4),
+            (64, 64, 64, 4, 4),
         ]
     ]
     # OTLIB_AUTOTUNE=0: the first config only (quick compiles for tests; results never depend on the choice)
     return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "LUT", "READOUT"])
+@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT"])
 @triton.heuristics({"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"])})
 @triton.jit
 def _optical_gemm_kernel(
@@ -76,7 +73,6 @@ def _optical_gemm_kernel(
     a_ptr,
     asum_ptr,
     b_ptr,
-    j_ptr,
     bsum_ptr,
     c_ptr,
     bias_ptr,
@@ -84,7 +80,6 @@ def _optical_gemm_kernel(
     rng_ptr,
     min_ptr,
     max_ptr,
-    lam_bits,
     eps_bits,
     # sizes: a codes [B, H, M, K], b codes [B, H // GROUP, N, K] (inner dims contiguous), c [B·H, M, N]
     M,
@@ -94,9 +89,7 @@ def _optical_gemm_kernel(
     GROUP,
     M_BUCKET,
     n_f,
-    zero,
-    zero_i,
-    # batch / head strides of a codes, a sums, b (and j) codes, b sums
+    # batch / head strides of a codes, a sums, b codes, b sums
     stride_ab,
     stride_ah,
     stride_sb,
@@ -106,7 +99,6 @@ def _optical_gemm_kernel(
     stride_qb,
     stride_qh,
     # meta-parameters
-    LUT: tl.constexpr,
     READOUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -137,15 +129,17 @@ def _optical_gemm_kernel(
     cols = tl.arange(0, BLOCK_N)
     a_base = a_ptr + batch.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah + (pid_m * BLOCK_M).to(tl.int64) * K
     b_base = (
-        batch.to(tl.int64) * stride_bb + (head // GROUP).to(tl.int64) * stride_bh + (pid_n * BLOCK_N).to(tl.int64) * K
+        b_ptr
+        + batch.to(tl.int64) * stride_bb
+        + (head // GROUP).to(tl.int64) * stride_bh
+        + (pid_n * BLOCK_N).to(tl.int64) * K
     )
     a_tile = rows[:, None] * K + offs_k[None, :]
     b_tile = cols[None, :] * K + offs_k[:, None]
     m_ok = offs_m[:, None] < M
     n_ok = offs_n[None, :] < N
-    # ---- K loop: exact int32 products of int8 codes; masked lanes load code 0 and add exactly 0
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    acc_j = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    # ---- K loop: fp16 codes on the tensor cores, fp32 accumulator; masked lanes load code 0 and add exactly 0
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k0 = k * BLOCK_K
         if EVEN_K:
@@ -154,28 +148,19 @@ def _optical_gemm_kernel(
         else:
             a_mask = m_ok & (offs_k[None, :] < K - k0)
             b_mask = (offs_k[:, None] < K - k0) & n_ok
-        a = tl.load(a_base + k0 + a_tile, mask=a_mask, other=0)
-        acc = tl.dot(a, tl.load(b_ptr + b_base + k0 + b_tile, mask=b_mask, other=0), acc, out_dtype=tl.int32)
-        if LUT:
-            acc_j = tl.dot(a, tl.load(j_ptr + b_base + k0 + b_tile, mask=b_mask, other=0), acc_j, out_dtype=tl.int32)
-    # ---- epilogue 1: the fp32 accumulator from the exact integer sums (same ops for every tile shape)
-    lo_a, _, _, width_a, _, _ = range_params(ranges_ptr, 0, lam_bits, eps_bits)
-    lo_b, _, _, width_b, pos_b, neg_b = range_params(ranges_ptr, 1, lam_bits, eps_bits)
-    s_a, _ = code_scale(lo_a, width_a, n_f, zero)
-    s_b, c_b = code_scale(lo_b, width_b, n_f, zero)
-    a_sums = asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh + offs_m * 2
-    b_sums = bsum_ptr + batch.to(tl.int64) * stride_qb + (head // GROUP).to(tl.int64) * stride_qh + offs_n * 2
-    sum_ka = tl.load(a_sums, mask=offs_m < M, other=0) + zero_i * K  # Σ_k k_a
-    sum_b = tl.load(b_sums, mask=offs_n < N, other=0)
-    sum_j = tl.load(b_sums + 1, mask=offs_n < N, other=0)
-    ka_b = acc + zero_i * sum_b[None, :]  # Σ_k k_a·b
-    inner = c_b * sum_ka.to(tl.float32)[:, None] + s_b * ka_b.to(tl.float32)
-    col_value = c_b * K + s_b * sum_b.to(tl.float32)  # Σ_k Qb per column
-    if LUT:
-        d = lut_substitutes(lo_b, pos_b, neg_b, n_f, s_b)[4]
-        inner = inner + d * (acc_j + zero_i * sum_j[None, :]).to(tl.float32)
-        col_value = col_value + d * sum_j.to(tl.float32)
-    val = s_a * inner + lo_a * col_value[None, :]
+        a = tl.load(a_base + k0 + a_tile, mask=a_mask, other=0.0)
+        acc = tl.dot(a, tl.load(b_base + k0 + b_tile, mask=b_mask, other=0.0), acc)
+    # ---- epilogue 1: the product of the quantized operands from the code product and the code sums
+    lo_a, _, _, width_a = range_params(ranges_ptr, 0, eps_bits)
+    lo_b, _, _, width_b = range_params(ranges_ptr, 1, eps_bits)
+    s_a, _, c_a = code_params(lo_a, width_a, n_f)
+    s_b, _, c_b = code_params(lo_b, width_b, n_f)
+    sum_a = tl.load(asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh + offs_m, mask=offs_m < M)
+    sum_b = tl.load(
+        bsum_ptr + batch.to(tl.int64) * stride_qb + (head // GROUP).to(tl.int64) * stride_qh + offs_n, mask=offs_n < N
+    )
+    col_value = c_b * K + s_b * sum_b  # Σ_k Qb per column
+    val = s_a * (c_b * sum_a[:, None] + s_b * acc) + c_a * col_value[None, :]
     # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0))
@@ -199,7 +184,7 @@ def _optical_gemm_kernel(
             u = philox_uniform(seed, idx, counter, stream)
         # read-out: the reference's quantizer, except that t multiplies by n / (hi − lo + 1e-8) instead of
         # dividing (≤ 1 ulp of t, far below the accumulator's own summation-order difference; docs/numerics.md)
-        lo, hi, div, width, _, _ = range_params(ranges_ptr, 2, lam_bits, eps_bits)
+        lo, hi, div, width = range_params(ranges_ptr, 2, eps_bits)
         t = (tl.minimum(tl.maximum(val, lo), hi) - lo) * tl.math.div_rn(n_f, div)
         k = tl.minimum(tl.maximum(round_half_even(t + (u - 0.5)), 0.0), n_f)
         out = level_value(k, width, lo, n_f)
@@ -210,11 +195,10 @@ def _optical_gemm_kernel(
 
 def optical_gemm(
     a: tuple[torch.Tensor, torch.Tensor],
-    b: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor],
     group: int,
     bias: torch.Tensor | None,
     ranges: torch.Tensor,
-    lut_min: float | None,
     rng: torch.Tensor,
     n: int,
     minmax: tuple[torch.Tensor, torch.Tensor],
@@ -223,16 +207,16 @@ def optical_gemm(
     out_dtype: torch.dtype,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """Encoded a = (codes [B, H, M, K], sums [B, H, M, 2]) times encoded b = (codes [B, H // group, N, K],
-    LUT residual codes or None, sums [B, H // group, N, 2]) → c [B·H, M, N]; inner dims contiguous.
-    ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out); lut_min: λ of operand b (None = off).
+    """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
+    sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous. ranges: contiguous fp32 [3, 2] (lo, hi) of
+    (a, b, out); b's LUT floor is already in its codes.
 
     readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
     holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range; set here when c is empty.
     config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
     """
     a_codes, a_sums = a
-    b_codes, b_res, b_sums = b
+    b_codes, b_sums = b
     B, H, M, K = a_codes.shape
     N = b_codes.shape[-2]
     c = torch.empty((B * H, M, N), dtype=out_dtype if readout else torch.float32, device=a_codes.device)
@@ -244,14 +228,12 @@ def optical_gemm(
         a_codes,
         a_sums,
         b_codes,
-        b_res if b_res is not None else b_codes,
         b_sums,
         c,
         bias if bias is not None else c,
         ranges,
         rng,
         *minmax,
-        f64_bits(lut_min or 0.0),
         EPS_BITS,
         M,
         N,
@@ -260,8 +242,6 @@ def optical_gemm(
         group,
         min(triton.next_power_of_2(M), 16384),
         float(n),
-        float(zero_code(n)),
-        zero_code(n),
         a_codes.stride(0),
         a_codes.stride(1),
         a_sums.stride(0),
@@ -271,7 +251,7 @@ def optical_gemm(
         b_sums.stride(0),
         b_sums.stride(1),
     )
-    flags = {"LUT": lut_min is not None, "READOUT": readout, "HAS_BIAS": bias is not None}
+    flags = {"READOUT": readout, "HAS_BIAS": bias is not None}
     key = _config_key(M, N, K, c.dtype, **flags)
     meta = config or _chosen_configs.get(key)
     if meta is None:  # first call for this key: the autotuner picks, then later calls skip its wrappers
@@ -284,16 +264,14 @@ def optical_gemm(
     return c
 
 
-def _config_key(M: int, N: int, K: int, out_dtype: torch.dtype, *, LUT: bool, READOUT: bool, HAS_BIAS: bool) -> tuple:
+def _config_key(M: int, N: int, K: int, out_dtype: torch.dtype, *, READOUT: bool, HAS_BIAS: bool) -> tuple:
     """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
-    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, LUT, READOUT, HAS_BIAS)
+    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS)
 
 
-def chosen_config(
-    M: int, N: int, K: int, out_dtype: torch.dtype, *, lut: bool, readout: bool, has_bias: bool
-) -> dict | None:
+def chosen_config(M: int, N: int, K: int, out_dtype: torch.dtype, *, readout: bool, has_bias: bool) -> dict | None:
     """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
-    return _chosen_configs.get(_config_key(M, N, K, out_dtype, LUT=lut, READOUT=readout, HAS_BIAS=has_bias))
+    return _chosen_configs.get(_config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias))
 
 
 def _grid(M: int, N: int, batch: int):
@@ -333,11 +311,9 @@ def optical_matmul_fwd(
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
     minmax = new_minmax(a.device)
-    a_codes, _, a_sums = operand_codes(a.reshape(math.prod(lead_a), M, K), ranges, 0, n, minmax=minmax)
-    # b as [G, N, K]: codes come out K-contiguous, the layout the int8 tensor-core product wants
-    b_codes, b_res, b_sums = operand_codes(
-        b.reshape(math.prod(lead_b), K, N).transpose(1, 2), ranges, 1, n, lut_min=lut_min
-    )
+    a_codes, a_sums = operand_codes(a.reshape(math.prod(lead_a), M, K), ranges, 0, n, minmax=minmax)
+    # b as [G, N, K]: codes come out K-contiguous, as the GEMM's tiles are read
+    b_codes, b_sums = operand_codes(b.reshape(math.prod(lead_b), K, N).transpose(1, 2), ranges, 1, n, lut_min=lut_min)
     group = 1
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]
@@ -345,15 +321,13 @@ def optical_matmul_fwd(
     lead = list(torch.broadcast_shapes(tuple(lead_a), tuple(lead_b_heads)))
     h = lead[-1] if lead else 1
 
-    def fold(t: torch.Tensor | None, lead_t: list[int], heads: int, inner: list[int]) -> torch.Tensor | None:
+    def fold(t: torch.Tensor, lead_t: list[int], heads: int, inner: list[int]) -> torch.Tensor:
         # expand (stride 0, no copy) to the common leading shape, then fold the outer dims into one
-        if t is None:
-            return None
         outer = math.prod(lead[:-1])
         return t.view(*lead_t, *inner).expand(*lead[:-1], heads, *inner).reshape(outer, heads, *inner)
 
-    a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M, 2]))
+    a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M]))
     hb = h // group
-    b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_res, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N, 2]))
-    c = optical_gemm(a_enc, b_enc, group, None, ranges, lut_min, rng, n, minmax, readout=readout, out_dtype=out_dtype)
+    b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N]))
+    c = optical_gemm(a_enc, b_enc, group, None, ranges, rng, n, minmax, readout=readout, out_dtype=out_dtype)
     return c.view(*lead, M, N), minmax[0], minmax[1]

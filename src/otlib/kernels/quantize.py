@@ -1,5 +1,5 @@
 """Element-wise optical quantizer kernels: the stand-alone quantizer / read-out, and the operand encoder
-that turns an operand into int8 codes for the optical GEMM (optical_matmul.py).
+that turns an operand into fp16 level codes for the optical GEMM (optical_matmul.py).
 
 Math (docs/numerics.md): t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n;
 k = rhte(t) or clamp(rhte(t + u − ½), 0, n); y = k / n · (hi − lo) + lo; optional LUT floor.
@@ -20,10 +20,11 @@ from .utils import (
     INTERPRET,
     LAUNCH_OPTS,
     cast_for_store,
-    code_scale,
+    code_params,
     f64_bits,
     level_value,
-    lut_substitutes,
+    lut_codes,
+    lut_floors,
     philox_uniform,
     quantize_values,
     range_params,
@@ -129,11 +130,12 @@ def quantize_fwd(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Operand encoder. Deterministic levels k ∈ [0, n] (bit-identical to the reference's) are stored as int8
-# codes a = k − zero, zero = ⌈n / 2⌉, so Q = c + s·a (code_scale). For the LUT operand, floored elements
-# get the code of the level nearest the floor value plus an int8 residual code j (lut_substitutes), so
-# LUT(Q) = c + s·a + d·j. Per row of the output layout [G, R, C] (C = the reduction dim) it also writes the
-# exact int32 sums (Σ_c a, Σ_c j), which the GEMM epilogue needs.
+# Operand encoder. Deterministic levels k ∈ [0, n] (bit-identical to the reference's) are stored as fp16 codes
+# k − z, z the level nearest 0 (code_params), so Q = c + s·code; exact integers (|k − z| ≤ n ≤ 255). For the LUT
+# operand, a floored element's code is the fp16 of the floor value's own position on that axis (lut_codes),
+# so LUT(Q) = c + s·code to fp16 precision of |code| ≤ λ·n + ½ (2⁻⁹·s at the defaults). Per row of the
+# output layout [G, R, C] (C = the reduction dim) it also writes Σ_c code in fp32 (exact for A's integer
+# codes while C·n < 2²⁴), which the GEMM epilogue needs.
 
 _CODES_BLOCK_R, _CODES_BLOCK_C = (64, 256) if INTERPRET else (32, 128)
 
@@ -143,7 +145,6 @@ def _operand_codes_kernel(
     # pointers
     x_ptr,
     codes_ptr,
-    res_ptr,
     sums_ptr,
     ranges_ptr,
     min_ptr,
@@ -159,7 +160,6 @@ def _operand_codes_kernel(
     stride_r,
     stride_c,
     n_f,
-    zero,
     # meta-parameters
     LUT: tl.constexpr,
     INIT_MINMAX: tl.constexpr,
@@ -172,40 +172,29 @@ def _operand_codes_kernel(
         first = (pid_r == 0) & (g == 0)
         tl.store(min_ptr, float("inf"), mask=first)
         tl.store(max_ptr, float("-inf"), mask=first)
-    lo, hi, div, width, pos, neg = range_params(ranges_ptr, row, lam_bits, eps_bits)
+    lo, hi, div, width = range_params(ranges_ptr, row, eps_bits)
+    s, z, c = code_params(lo, width, n_f)
     if LUT:
-        s, _ = code_scale(lo, width, n_f, zero)
-        c_pos, j_pos, c_neg, j_neg, _ = lut_substitutes(lo, pos, neg, n_f, s)
+        pos, neg = lut_floors(lo, hi, lam_bits)
+        code_pos, code_neg = lut_codes(pos, neg, s, c)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < R
     x_rows = x_ptr + g.to(tl.int64) * stride_g + offs_r[:, None].to(tl.int64) * stride_r
     out_rows = (g.to(tl.int64) * R + offs_r[:, None].to(tl.int64)) * C
-    sum_a = tl.zeros((BLOCK_R,), dtype=tl.int32)
-    sum_j = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    code_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         m = row_ok[:, None] & (offs_c[None, :] < C)
         x = tl.load(x_rows + offs_c[None, :].to(tl.int64) * stride_c, mask=m, other=0.0).to(tl.float32)
         k = round_half_even(scaled_position(x, lo, hi, div, n_f))
+        code = k - z
         if LUT:
             y = level_value(k, width, lo, n_f)  # the reference's value before the floor, bit for bit
-            up = (y > 0.0) & (y < pos)
-            down = (y < 0.0) & (y > neg)
-            k = tl.where(up, c_pos, tl.where(down, c_neg, k))
-            j = tl.where(m, tl.where(up, j_pos, tl.where(down, j_neg, 0.0)), 0.0).to(tl.int32)
-            tl.store(res_ptr + out_rows + offs_c[None, :], j.to(tl.int8), mask=m)
-            sum_j += tl.sum(j, axis=1)
-        a = tl.where(m, k - zero, 0.0).to(tl.int32)
-        tl.store(codes_ptr + out_rows + offs_c[None, :], a.to(tl.int8), mask=m)
-        sum_a += tl.sum(a, axis=1)
-    sums = sums_ptr + (g.to(tl.int64) * R + offs_r) * 2
-    tl.store(sums, sum_a, mask=row_ok)
-    tl.store(sums + 1, sum_j, mask=row_ok)
-
-
-def zero_code(n: int) -> int:
-    """The level stored as code 0: codes k − ⌈n / 2⌉ of levels k ∈ [0, n] fit int8 for n ≤ 255."""
-    return (n + 1) // 2
+            code = tl.where((y > 0.0) & (y < pos), code_pos, tl.where((y < 0.0) & (y > neg), code_neg, code))
+        code = cast_for_store(tl.where(m, code, 0.0), codes_ptr)
+        tl.store(codes_ptr + out_rows + offs_c[None, :], code, mask=m)
+        code_sum += tl.sum(code.to(tl.float32), axis=1)
+    tl.store(sums_ptr + g.to(tl.int64) * R + offs_r, code_sum, mask=row_ok)
 
 
 def operand_codes(
@@ -216,26 +205,23 @@ def operand_codes(
     *,
     lut_min: float | None = None,
     minmax: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Encode x viewed as [G, R, C] (any strides; C is the reduction dim) → (codes int8 [G, R, C] contiguous,
-    LUT residual codes int8 [G, R, C] or None, int32 sums [G, R, 2] = (Σ_c codes, Σ_c residual codes)).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode x viewed as [G, R, C] (any strides; C is the reduction dim) → (fp16 codes [G, R, C] contiguous,
+    fp32 sums [G, R] = Σ_c codes).
 
     ranges: contiguous fp32 [rows, 2] (lo, hi) on the device; `row` is this operand's. lut_min: the LUT floor
     λ (the SLM operand B only; None = off). minmax: two fp32 0-d tensors this launch sets to (+inf, −inf) for the
     GEMM's range atomics.
     """
-    lut = lut_min is not None
     G, R, C = x.shape
-    planes = torch.empty((2 if lut else 1, G, R, C), dtype=torch.int8, device=x.device)  # one allocation
-    codes, res = planes[0], (planes[1] if lut else None)
-    sums = torch.empty((G, R, 2), dtype=torch.int32, device=x.device)
+    codes = torch.empty((G, R, C), dtype=torch.float16, device=x.device)
+    sums = torch.empty((G, R), dtype=torch.float32, device=x.device)
     if G * R == 0:
-        return codes, res, sums
+        return codes, sums
     grid = (triton.cdiv(R, _CODES_BLOCK_R), G)
     _operand_codes_kernel[grid](
         x,
         codes,
-        res if res is not None else codes,
         sums,
         ranges,
         *(minmax if minmax is not None else (sums, sums)),
@@ -246,12 +232,11 @@ def operand_codes(
         C,
         *x.stride(),
         float(n),
-        float(zero_code(n)),
-        LUT=lut,
+        LUT=lut_min is not None,
         INIT_MINMAX=minmax is not None,
         BLOCK_R=_CODES_BLOCK_R,
         BLOCK_C=_CODES_BLOCK_C,
         num_warps=4,
         **LAUNCH_OPTS,
     )
-    return codes, res, sums
+    return codes, sums

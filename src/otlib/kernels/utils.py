@@ -49,11 +49,23 @@ def round_to_bf16(y):
 
 
 @triton.jit
+def round_to_f16(y):
+    """fp32 → nearest fp16 value (ties to even), kept in fp32, for |y| < 65520 (the interpreter's fp16 cast
+    does not round to nearest even). Subnormal fp16 values are multiples of 2⁻²⁴."""
+    b = y.to(tl.uint32, bitcast=True)
+    normal = ((b + 0xFFF + ((b >> 13) & 1)) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    tiny = round_half_even(y * 16777216.0) * 5.9604644775390625e-08
+    return tl.where(y != y, y, tl.where(tl.abs(y) < 6.103515625e-05, tiny, normal))
+
+
+@triton.jit
 def cast_for_store(y, ptr):
     """fp32 values in the element type of `ptr`, rounded to nearest even (as torch's .to()); compiled, the
-    conversion itself rounds to nearest even, the interpreter's truncates."""
+    conversion itself rounds to nearest even, the interpreter's does not."""
     if INTERPRETED and ptr.dtype.element_ty == tl.bfloat16:
         y = round_to_bf16(y)
+    if INTERPRETED and ptr.dtype.element_ty == tl.float16:
+        y = round_to_f16(y)
     return y.to(ptr.dtype.element_ty)
 
 
@@ -127,18 +139,21 @@ EPS_BITS = f64_bits(1e-8)  # the quantizer's width guard, hi − lo + 1e-8
 
 
 @triton.jit
-def range_params(ranges_ptr, row, lam_bits, eps_bits):
-    """Quantizer params (lo, hi, hi − lo + 1e-8, hi − lo, λ·hi, −λ·|lo|) as fp32 scalars from the fp32 (lo, hi)
-    at ranges_ptr + 2·row, formed in fp64 and rounded once, exactly as otlib.ops.reference.quant_params."""
+def range_params(ranges_ptr, row, eps_bits):
+    """Quantizer params (lo, hi, hi − lo + 1e-8, hi − lo) as fp32 scalars from the fp32 (lo, hi) at
+    ranges_ptr + 2·row, formed in fp64 and rounded once, exactly as otlib.ops.reference.quant_params."""
     lo32 = tl.load(ranges_ptr + 2 * row)
     hi32 = tl.load(ranges_ptr + 2 * row + 1)
-    lo = lo32.to(tl.float64)
-    hi = hi32.to(tl.float64)
+    width = hi32.to(tl.float64) - lo32.to(tl.float64)
+    div = (width + eps_bits.to(tl.int64).to(tl.float64, bitcast=True)).to(tl.float32)
+    return lo32, hi32, div, width.to(tl.float32)
+
+
+@triton.jit
+def lut_floors(lo32, hi32, lam_bits):
+    """The LUT floor values (λ·hi, −λ·|lo|) of quant_params as fp32 scalars (formed in fp64, rounded once)."""
     lam = lam_bits.to(tl.int64).to(tl.float64, bitcast=True)
-    eps = eps_bits.to(tl.int64).to(tl.float64, bitcast=True)
-    width = hi - lo
-    div = (width + eps).to(tl.float32)
-    return lo32, hi32, div, width.to(tl.float32), (lam * hi).to(tl.float32), (-(lam * tl.abs(lo))).to(tl.float32)
+    return (lam * hi32.to(tl.float64)).to(tl.float32), (-(lam * tl.abs(lo32.to(tl.float64)))).to(tl.float32)
 
 
 @triton.jit
@@ -173,26 +188,19 @@ def quantize_values(
 
 
 @triton.jit
-def code_scale(lo, width, n_f, zero):
-    """(s, c): level k's value is c + s·(k − zero) with s = (hi − lo) / n, c = lo + zero·s (integer codes)."""
+def code_params(lo, width, n_f):
+    """(s, z, c) of the fp16 operand codes: level k ∈ [0, n] is stored as code k − z, with z the level nearest
+    0 (clamped to [0, n]), and its value is c + s·(k − z) with s = (hi − lo) / n, c = lo + z·s. A range that
+    starts at 0 (softmax probabilities) has z = 0 and c = 0 exactly: level 0 is code 0 and adds nothing."""
     s = tl.math.div_rn(width, n_f)
-    return s, lo + zero * s
+    s_safe = tl.where(s > 0.0, s, 1.0)
+    z = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(-lo, s_safe)), 0.0), n_f)
+    return s, z, lo + z * s
 
 
 @triton.jit
-def lut_substitutes(lo, pos, neg, n_f, s):
-    """How integer codes carry the LUT floor values λ·hi and −λ·|lo| (operand B):
-    floored elements take the level c± nearest the floor value plus j±·d, an int8 multiple of the
-    residual step d = max|r±| / 127 (r± = floor value − level value, |r±| ≤ s/2).
-    Returns (c_pos, j_pos, c_neg, j_neg, d) as fp32 scalars."""
+def lut_codes(pos, neg, s, c):
+    """The code-axis positions (λ·hi − c) / s and (−λ·|lo| − c) / s of the two LUT floor values (fp32; the
+    encoder stores them as fp16, which holds them to 2⁻¹¹ relative: |·| ≤ λ·n + ½)."""
     s_safe = tl.where(s > 0.0, s, 1.0)
-    c_pos = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(pos - lo, s_safe)), 0.0), n_f)
-    c_neg = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(neg - lo, s_safe)), 0.0), n_f)
-    r_pos = (pos - lo) - c_pos * s
-    r_neg = (neg - lo) - c_neg * s
-    r_max = tl.maximum(tl.abs(r_pos), tl.abs(r_neg))
-    d = tl.math.div_rn(r_max, r_max * 0.0 + 127.0)
-    d_safe = tl.where(d > 0.0, d, 1.0)
-    j_pos = round_half_even(tl.math.div_rn(r_pos, d_safe))
-    j_neg = round_half_even(tl.math.div_rn(r_neg, d_safe))
-    return c_pos, j_pos, c_neg, j_neg, d
+    return tl.math.div_rn(pos - c, s_safe), tl.math.div_rn(neg - c, s_safe)

@@ -15,12 +15,12 @@ from torch import Tensor
 _force_reference = os.environ.get("OTLIB_FORCE_REFERENCE", "0") == "1"
 
 
-# The kernels hold levels as int8 codes (levels − 1 ≤ 255); larger level counts run the reference on any device.
+# The kernels' division-free read-out is verified for levels − 1 ≤ 255; larger level counts run the reference.
 MAX_KERNEL_LEVELS = 256
 
 
 def use_kernels(t: Tensor, levels: int = 2) -> bool:
-    """True when `t` lives on a CUDA device, `levels` fit the kernels' int8 codes and the reference is not forced."""
+    """True when `t` lives on a CUDA device, `levels` ≤ MAX_KERNEL_LEVELS and the reference is not forced."""
     return t.is_cuda and levels <= MAX_KERNEL_LEVELS and not _force_reference
 
 

@@ -1,6 +1,6 @@
 """CUDA path of the optical ops: orchestrates the Triton launchers (imported lazily).
 
-Per call: two operand-encoder launches and one integer-code GEMM; the kernels form the quantizer
+Per call: two operand-encoder launches and one level-code GEMM; the kernels form the quantizer
 params from the fp32 ranges themselves (in fp64, as the reference), so no small device ops run here. Fast path (numerics="fixed", fixed out range): the GEMM's
 epilogue observes the accumulator's min/max and does the stochastic read-out + bias. Otherwise
 (calibrate_out, or "mase") the GEMM writes the fp32 accumulator and its min/max, the out range is
