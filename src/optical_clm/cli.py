@@ -57,10 +57,14 @@ def add_loop_args(parser, *, batch_size: int, block_size: int) -> None:
     parser.add_argument("--tracker", default="none", choices=["none", "wandb", "tensorboard", "trackio"])
     parser.add_argument("--model-name", default=None, help="label in metrics.json (default: from --model)")
     parser.add_argument("--log-file", default=None)
+    parser.add_argument(
+        "--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="eager micro-steps on one GPU too"
+    )
 
 
 def loop_kwargs(args) -> dict:
     """TrainConfig keyword arguments from the parsed `add_loop_args` flags."""
     keys = ("batch_size", "per_device_batch_size", "block_size", "weight_decay", "warmup_steps", "grad_clip",
-            "diverge_factor", "eval_every", "eval_tokens", "ckpt_dir", "checkpoint_every", "seed", "tracker")  # fmt: skip
+            "diverge_factor", "eval_every", "eval_tokens", "ckpt_dir", "checkpoint_every", "seed", "tracker",
+            "cuda_graphs")  # fmt: skip
     return {k: getattr(args, k) for k in keys}

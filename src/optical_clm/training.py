@@ -15,7 +15,9 @@ Rules (docs/training.md):
 - the logged loss of a step is the mean over its micro-steps and processes (one all-reduce,
   which is also the step's one host sync);
 - diverged: a non-finite loss, or a loss above `diverge_factor` × the first step's loss, ends
-  the run early; that is a result (outputs written, exit code 0), not an error.
+  the run early; that is a result (outputs written, exit code 0), not an error;
+- on one GPU, each micro-step (forward, loss, backward) is replayed from a CUDA graph after the
+  first steps (`MicroStep`): the same kernels without Python or launch overhead.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class TrainConfig:
     save_model: bool = False  # save_pretrained the final model (+ tokenizer) into model_out
     model_out: str | None = None  # default: out_dir/model
     tracker: str = "none"
+    cuda_graphs: bool = True  # one GPU: replay each micro-step from a CUDA graph (MicroStep)
 
     def validate(self) -> None:
         positive = ("lr", "batch_size", "block_size", "token_ratio", "diverge_factor", "checkpoint_every")
@@ -118,6 +121,79 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction:
     """Next-token cross-entropy in fp32 (targets y are x shifted by one, see optical_clm.data)."""
     logits = model(input_ids=x).logits  # (B, T, V)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction)
+
+
+class MicroStep:
+    """Forward, loss and backward of one micro-batch (the loss scaled by 1 / accum); returns the unscaled loss.
+
+    graphed (one GPU): the first `EAGER_STEPS` optimizer steps of a run run eagerly (the optical ranges
+    calibrate on the first, every kernel compiles and autotunes), on a side stream; then the micro-step is
+    captured once into a CUDA graph (PyTorch's whole-network capture) and every later micro-step copies its
+    batch into the graph's input buffers and replays it. The graph adds into the gradients, so they must
+    stay allocated (`zero_grad(set_to_none=False)`). Autocast's weight-cast cache is off (graphs need that;
+    eager steps match). A failed capture logs a warning and the run continues eagerly.
+    """
+
+    EAGER_STEPS = 2
+
+    def __init__(self, accelerator, model: torch.nn.Module, accum: int, graphed: bool) -> None:
+        from accelerate.utils import AutocastKwargs
+
+        self.accelerator, self.model, self.accum, self.graphed = accelerator, model, accum, graphed
+        self.autocast = AutocastKwargs(cache_enabled=False) if graphed else None
+        self.stream = torch.cuda.Stream() if graphed else None
+        self.steps_seen = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, first_micro: bool) -> torch.Tensor:
+        self.steps_seen += first_micro
+        if self.graph is None and self.graphed and self.steps_seen > self.EAGER_STEPS:
+            self._capture(x, y)
+        if self.graph is None:
+            return self._on_side_stream(self._forward_backward, x, y)
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+        return self.loss
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.accelerator.autocast(self.autocast):
+            loss = lm_loss(self.model, x, y)
+        self.accelerator.backward(loss / self.accum)
+        return loss.detach()
+
+    def _on_side_stream(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        # the eager steps before a capture run on the capture's stream: autograd's gradient-accumulation
+        # nodes remember their stream, and a capture that meets one of the default stream is invalidated
+        if self.stream is None:
+            return fn(*args)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            out = fn(*args)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return out
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        from transformers import masking_utils
+
+        self.x, self.y = x.clone(), y.clone()
+        graph = torch.cuda.CUDAGraph()
+        # transformers checks the position ids for packed sequences with a host sync, which a capture
+        # forbids (it then assumes packing and builds an explicit mask). Every row here is one block with
+        # positions 0..T-1, for which the check returns None: the capture uses that value.
+        packed_check = masking_utils.find_packed_sequence_indices
+        masking_utils.find_packed_sequence_indices = lambda position_ids: None
+        try:
+            start = time.time()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self.loss = self._forward_backward(self.x, self.y)
+            self.graph = graph
+            log.info("micro-step captured into a CUDA graph in %.1f s", time.time() - start)
+        except RuntimeError as err:
+            log.warning("CUDA graph capture failed, training continues eagerly: %s", str(err).splitlines()[0])
+            self.graphed = False
+        finally:
+            masking_utils.find_packed_sequence_indices = packed_check
 
 
 @torch.no_grad()
@@ -248,6 +324,8 @@ def _train(cfg: TrainConfig, load_model: Callable[[], tuple[torch.nn.Module, Any
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    graphed = cfg.cuda_graphs and on_gpu and nproc == 1
+    micro_step = MicroStep(accelerator, model, accum, graphed)
     resolved = {**asdict(cfg), "per_device_batch_size": per_device, "gradient_accumulation": accum,
                 "num_processes": nproc, "steps": steps}  # fmt: skip
     fingerprint = {k: resolved[k] for k in (*_FINGERPRINT, "num_processes")}
@@ -293,14 +371,11 @@ def _train(cfg: TrainConfig, load_model: Callable[[], tuple[torch.nn.Module, Any
             # Gradients are all-reduced only on the last micro-step (no_sync skips it before).
             sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             with sync:
-                with accelerator.autocast():
-                    loss = lm_loss(model, x, y)
-                accelerator.backward(loss / accum)
-            loss_sum += loss.detach()
+                loss_sum += micro_step(x, y, first_micro=micro == 0)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not graphed)  # a CUDA graph adds into the gradients it captured
 
         # One all-reduce + one host sync per step: summed (local mean loss, stop flag, grad norm).
         packed = torch.stack([loss_sum / accum, torch.tensor(float(stop.requested), device=loss_sum.device),
