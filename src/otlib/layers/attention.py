@@ -2,8 +2,8 @@
 
 Per head (grouped-query attention: each K/V head serves num_heads / num_kv_heads query heads):
 
-    S = Q_stoch(Q_det(Q) · LUT(Q_det(Kᵀ)); qk range) · scaling + mask
-    P = softmax(S) in fp32, then dropout
+    S = Q_stoch(Q_det(Q) · LUT(Q_det(Kᵀ)); qk range)
+    P = softmax(S · scaling + mask) in fp32, then dropout
     O = Q_stoch(Q_det(P) · LUT(Q_det(V)); av range)
 
 Both products are `otlib.ops.optical_matmul` calls. The per-layer state (range statistics of
@@ -121,7 +121,7 @@ def optical_attention_forward(
         state.rng_qk[1].add_(1)
         state.rng_av[1].add_(1)
 
-    # --- S = Q_stoch(Q_det(Q)·LUT(Q_det(Kᵀ)); qk range)·scaling + mask -------------------------------
+    # --- S = Q_stoch(Q_det(Q)·LUT(Q_det(Kᵀ)); qk range) -----------------------------------------------
     qk_ranges = state.qk.observe({A: query, B: key}, training)
     calibrate_qk = not state.qk.is_set(OUT)
     if mase and calibrate_qk:  # set once from scaled logits, then frozen
@@ -144,12 +144,9 @@ def optical_attention_forward(
     )
     if training and not mase:  # the unscaled accumulator, every step
         state.qk.update(OUT, torch.stack([s_min, s_max]))
-    scores = scores * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
 
-    # --- P = softmax(S) in fp32, dropout ---------------------------------------------------------------
-    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # --- P = softmax(S·scaling + mask) in fp32, dropout (one Triton pass per row on CUDA) ---------------
+    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, query.dtype)
     probs = F.dropout(probs, p=dropout, training=training)
 
     # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------

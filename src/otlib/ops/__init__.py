@@ -1,4 +1,5 @@
-"""otlib.ops: the functional optical numerics (quantizer, optical linear, optical matmul).
+"""otlib.ops: the functional optical numerics (quantizer, optical linear, optical matmul), and attention's
+scaled, masked softmax.
 
 CUDA tensors run Triton kernels (otlib.kernels); CPU tensors run the plain-PyTorch reference,
 which is also the oracle the kernels are tested against. See docs/numerics.md for the math.
@@ -10,6 +11,7 @@ from .optical_matmul import optical_matmul
 from .philox import philox_uniform
 from .quantize import quantize
 from .reference import optical_linear_ref, optical_matmul_ref, quant_params, quantize_core
+from .softmax import scaled_masked_softmax, scaled_masked_softmax_reference
 
 __all__ = [
     "force_reference",
@@ -21,4 +23,6 @@ __all__ = [
     "quant_params",
     "quantize",
     "quantize_core",
+    "scaled_masked_softmax",
+    "scaled_masked_softmax_reference",
 ]

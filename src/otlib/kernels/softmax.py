@@ -1,0 +1,103 @@
+"""Attention's scaled, masked softmax in one pass per row, forward and backward.
+
+P = softmax(dtype(S · scaling) + mask) in fp32, stored in P's dtype: the dtype flow of the unfused torch
+ops (otlib.ops.softmax.scaled_masked_softmax_reference) — S · scaling rounded to S's dtype, the fp32 mask
+added in fp32, exp and sums in fp32. The backward recomputes P from S (nothing T × S in fp32 is saved) and
+returns dS = dtype(dtype(P·(dP − Σ dP·P)) · scaling), the torch ops' gradient with their roundings. Only the
+row sums run in another order than torch's, so P may differ from the reference by an fp32 ulp before
+its rounding to P's dtype (tests/otlib/test_softmax.py states the bounds).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import LAUNCH_OPTS, cast_for_store
+
+MAX_COLUMNS = 16384  # one row per program, held in registers
+
+
+@triton.jit
+def _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
+    """fp32 P of one row (and the column mask of the block)."""
+    cols = tl.arange(0, BLOCK)
+    ok = cols < S
+    x = tl.load(s_ptr + row * S + cols, mask=ok, other=0.0).to(tl.float32)
+    x = cast_for_store(x * scaling, s_ptr).to(tl.float32)  # S · scaling in S's dtype, as the torch op
+    if HAS_MASK:
+        b = row // (H * T)
+        h = (row // T) % H
+        t = row % T
+        x = x + tl.load(mask_ptr + b * sm_b + h * sm_h + t * sm_t + cols * sm_s, mask=ok, other=0.0)
+    x = tl.where(ok, x, float("-inf"))
+    e = tl.exp(x - tl.max(x, axis=0))
+    return e / tl.sum(e, axis=0), cols, ok
+
+
+@triton.jit
+def _softmax_fwd_kernel(
+    s_ptr, mask_ptr, p_ptr, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)
+    p, cols, ok = _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK, BLOCK)
+    tl.store(p_ptr + row * S + cols, cast_for_store(p, p_ptr), mask=ok)
+
+
+@triton.jit
+def _softmax_bwd_kernel(
+    g_ptr,
+    s_ptr,
+    mask_ptr,
+    gs_ptr,
+    scaling,
+    S,
+    T,
+    H,
+    sm_b,
+    sm_h,
+    sm_t,
+    sm_s,
+    HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    p, cols, ok = _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK, BLOCK)
+    g = tl.load(g_ptr + row * S + cols, mask=ok, other=0.0).to(tl.float32)
+    gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
+    gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
+    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
+
+
+def _launch(kernel, tensors: tuple, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
+    B, H, T, S = scores.shape
+    if scores.numel() == 0:
+        return
+    strides = mask.expand(B, H, T, S).stride() if mask is not None else (0, 0, 0, 0)
+    block = triton.next_power_of_2(S)
+    kernel[(B * H * T,)](
+        *tensors,
+        float(scaling),
+        S,
+        T,
+        H,
+        *strides,
+        HAS_MASK=mask is not None,
+        BLOCK=block,
+        num_warps=min(max(block // 256, 1), 16),
+        **LAUNCH_OPTS,
+    )
+
+
+def softmax_fwd(scores: torch.Tensor, mask: torch.Tensor | None, scaling: float, dtype: torch.dtype) -> torch.Tensor:
+    """scores [B, H, T, S] contiguous, mask fp32 broadcastable to it or None → P [B, H, T, S] in `dtype`."""
+    p = torch.empty(scores.shape, dtype=dtype, device=scores.device)
+    _launch(_softmax_fwd_kernel, (scores, mask if mask is not None else scores, p), scores, mask, scaling)
+    return p
+
+
+def softmax_bwd(grad_p: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """dS [B, H, T, S] in scores' dtype from dP (contiguous) and the forward's inputs."""
+    grad_s = torch.empty_like(scores)
+    tensors = (grad_p, scores, mask if mask is not None else scores, grad_s)
+    _launch(_softmax_bwd_kernel, tensors, scores, mask, scaling)
+    return grad_s

@@ -1,0 +1,54 @@
+"""Attention's scaled, masked softmax P = softmax(S · scaling + mask) in fp32, returned in `dtype`.
+
+CUDA tensors run one Triton pass per row forward and one backward (otlib.kernels.softmax: no fp32 T × S
+intermediates, P recomputed in the backward from S); everything else, and anything the kernel does not
+cover (a non-fp32 mask, rows longer than MAX_COLUMNS, torch.compile, which fuses the torch ops itself), runs
+the torch ops of the reference.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._dispatch import use_kernels
+
+
+def scaled_masked_softmax_reference(scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
+    """The torch ops: S · scaling in S's dtype, + mask (type promotion), softmax in fp32, cast to `dtype`."""
+    scores = scores * scaling
+    if mask is not None:
+        scores = scores + mask
+    return F.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+
+
+class _ScaledMaskedSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
+        from otlib.kernels.softmax import softmax_fwd
+
+        ctx.save_for_backward(scores, mask)
+        ctx.scaling = scaling
+        return softmax_fwd(scores, mask, scaling, dtype)
+
+    @staticmethod
+    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None]:
+        from otlib.kernels.softmax import softmax_bwd
+
+        scores, mask = ctx.saved_tensors
+        return softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling), None, None, None
+
+
+def fused_softmax(scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
+    """The kernels' autograd Function (any device the kernels run on: CUDA, or the interpreter in tests)."""
+    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype)
+
+
+def scaled_masked_softmax(scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
+    """softmax(scores · scaling + mask, fp32) in `dtype`; scores [B, H, T, S], mask additive [B or 1, 1 or H, T, S]."""
+    if use_kernels(scores) and not torch.compiler.is_compiling():
+        from otlib.kernels.softmax import MAX_COLUMNS  # Triton is imported only when kernels run
+
+        plain_mask = mask is None or (mask.dtype == torch.float32 and not mask.requires_grad)
+        if scores.dim() == 4 and scores.shape[-1] <= MAX_COLUMNS and plain_mask:
+            return fused_softmax(scores, mask, scaling, dtype)
+    return scaled_masked_softmax_reference(scores, mask, scaling, dtype)

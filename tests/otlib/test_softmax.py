@@ -1,0 +1,78 @@
+"""Attention's scaled, masked softmax: the Triton kernels (interpreted on CPU, compiled on a GPU machine)
+against the torch ops of the reference, forward and backward.
+
+Bounds: the kernels sum each row in another order than torch (and the GPU's exp and division are within a
+few fp32 ulps), so fp32 P agrees to 2e-6 relative; rounded to bf16, an element can land one bf16 ulp away
+(at most 2 % of them here). Masked entries are exactly 0 in both.
+"""
+
+import pytest
+import torch
+from helpers import assert_close_verbose
+
+from otlib.ops import scaled_masked_softmax, scaled_masked_softmax_reference
+from otlib.ops.softmax import fused_softmax
+
+pytest.importorskip("triton", reason="Triton is not installed")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SCALING = 0.125
+
+
+def _inputs(dtype, b=2, h=3, t=37, s=37, batch_mask=True):
+    scores = (torch.randn(b, h, t, s, device=DEVICE) * 4).to(dtype)
+    allowed = torch.ones(t, s, device=DEVICE, dtype=torch.bool).tril(diagonal=s - t)
+    allowed = allowed.expand(b if batch_mask else 1, 1, t, s).clone()
+    if batch_mask:
+        allowed[1, :, :, :5] = False  # left padding of the second sequence
+        allowed[1, :, 3] = False  # one fully masked row: a uniform row, as torch gives
+    mask = torch.zeros(allowed.shape, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return scores, mask, allowed
+
+
+def _assert_probs_close(p, ref):
+    if p.dtype == torch.float32:
+        assert_close_verbose(p, ref, rtol=2e-6, atol=1e-8)
+    else:  # one bf16 ulp at most, on few elements
+        diff = (p.float() - ref.float()).abs()
+        assert bool((diff <= ref.float().abs() * 2.0**-7 + 1e-30).all())
+        assert (diff > 0).float().mean() < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("t", "s", "batch_mask"), [(37, 37, True), (20, 100, False), (16, 16, None)])
+def test_forward_matches_the_torch_ops(dtype, t, s, batch_mask):
+    scores, mask, allowed = _inputs(dtype, t=t, s=s, batch_mask=bool(batch_mask))
+    mask = None if batch_mask is None else mask
+    p = fused_softmax(scores, mask, SCALING, dtype)
+    ref = scaled_masked_softmax_reference(scores, mask, SCALING, dtype)
+    assert p.dtype == ref.dtype == dtype and p.shape == ref.shape
+    _assert_probs_close(p, ref)
+    if mask is not None:
+        masked = (~allowed & allowed.any(-1, keepdim=True)).expand_as(p)  # fully masked rows are uniform
+        assert bool((p[masked] == 0).all()) and bool((ref[masked] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_the_torch_ops(dtype):
+    scores, mask, _ = _inputs(dtype)
+    grad = torch.randn(scores.shape, device=DEVICE).to(dtype)
+    s1 = scores.clone().requires_grad_()
+    s2 = scores.clone().requires_grad_()
+    fused_softmax(s1, mask, SCALING, dtype).backward(grad)
+    scaled_masked_softmax_reference(s2, mask, SCALING, dtype).backward(grad)
+    assert s1.grad.dtype == s2.grad.dtype == dtype
+    scale = s2.grad.float().abs().max().item()
+    if dtype == torch.float32:
+        assert_close_verbose(s1.grad, s2.grad, rtol=1e-5, atol=1e-6 * scale)
+    else:  # P and the fp32 gradient move by ulps, then round to bf16 twice
+        assert_close_verbose(s1.grad, s2.grad, rtol=2.0**-6, atol=2e-3 * scale)
+
+
+def test_dispatch_on_cpu_is_the_reference():
+    scores, mask, _ = _inputs(torch.bfloat16)
+    cpu = scores.cpu(), mask.cpu()
+    assert torch.equal(
+        scaled_masked_softmax(*cpu, SCALING, torch.bfloat16),
+        scaled_masked_softmax_reference(*cpu, SCALING, torch.bfloat16),
+    )
