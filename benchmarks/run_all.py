@@ -28,7 +28,15 @@ def benchmark_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     return {
         "Fused optical linear and layer": ["bench_optical_linear.py", "--tokens", str(args.tokens)],
         "Optical attention": ["bench_attention.py", "--block", str(args.block)],
-        "Training step": ["bench_training_step.py", "--models", args.models, "--block", str(args.block)],
+        "Training step": [
+            "bench_training_step.py",
+            "--models",
+            args.models,
+            "--variants",
+            args.step_variants,
+            "--block",
+            str(args.block),
+        ],
     }
 
 
@@ -65,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=16384, help="M of the linear benchmark")
     ap.add_argument("--block", type=int, default=1024, help="sequence length of attention and training")
     ap.add_argument("--models", default="60m,200m", help="training-step models (comma list)")
+    ap.add_argument(
+        "--step-variants",
+        default="eager,graphed",
+        help="training-step variants (comma list; compiled,cudagraphs add torch.compile runs of minutes each)",
+    )
     args = ap.parse_args(argv)
     import torch
 

@@ -14,6 +14,8 @@ SCRIPTS = {
     "bench_attention": ["--block", "32"],
     "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
     "profile_optical_linear": ["--tokens", "64"],
+    "profile_training_step": ["--model", "60m", "--modes", "optical"],
+    "bench_trainer": ["--steps", "4"],
     "run_all": ["--out", "unused.md"],
 }
 
