@@ -1,10 +1,11 @@
 """Shared Triton plumbing: interpreter detection, block settings, and the jit helpers every kernel uses
-(round-half-to-even, Philox uniforms, the quantizer itself).
+(round-half-to-even, Philox uniforms, the quantizer itself, the fp16 level codes' scale).
 
 The helpers repeat otlib.ops.reference op for op in fp32 so that deterministic results are
 bit-identical: launchers pass `enable_fp_fusion=False` (no FMA contraction of t·n + ½ or k/n·r + lo),
-divisions use `div_rn` (Triton's `/` on fp32 is the approximate div.full.f32 on NVIDIA), and rounding
-uses floor arithmetic that is exact for every fp32 (no libdevice `rint`, which the interpreter lacks).
+divisions use `div_rn` (Triton's `/` on fp32 is the approximate div.full.f32 on NVIDIA) or a checked
+correction step, and rounding uses libdevice `rint` compiled, exact floor arithmetic interpreted (the
+interpreter has no `rint`, and its bf16/fp16 casts do not round to nearest even: cast_for_store).
 """
 
 import os
