@@ -63,6 +63,11 @@ def test_multi_gpu_finetune_uses_accelerate_on_a_free_port():
     assert "--ckpt-dir results/checkpoints/clm-60m/optical/lr1e-05" in out
     single = snakemake(*args, "studies/aicrosssim-clm.yaml", "--", target).stdout
     assert "accelerate launch" not in single and "-- python workflow/scripts/finetune.py" in single
+    assert "--no-cuda-graphs" not in single  # CUDA-graph micro-steps by default (one GPU per run)
+    eager = snakemake(
+        *args, "studies/aicrosssim-clm.yaml", "--config", 'finetune={"cuda_graphs": "false"}', "--", target
+    )
+    assert "--no-cuda-graphs" in eager.stdout
 
 
 @pytest.mark.parametrize(

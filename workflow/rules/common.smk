@@ -132,6 +132,8 @@ def get_finetune_args(wildcards):
             flags.append(f"--{key.replace('_', '-')} {ft[key]}")
     if ft["save_model"]:
         flags.append("--save-model")
+    if not ft["cuda_graphs"]:
+        flags.append("--no-cuda-graphs")
     return " ".join(flags)
 
 
