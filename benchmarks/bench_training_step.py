@@ -92,9 +92,8 @@ def make_step(model: torch.nn.Module, batch: int, block: int, variant: str, warm
 def _capture(step: Callable[[], None], body: Callable[[], None], warmup: int) -> Callable[[], None]:
     """PyTorch's whole-network capture: warm-up steps on a side stream, gradients set to None, then one
     forward + backward + optimizer step captured (backward allocates the gradients in the graph's pool, and
-    every replay overwrites them). transformers' packed-sequence check returns None for these batches (one
-    sequence per row, as its eager check finds) without the host sync it costs outside a capture."""
-    from transformers import masking_utils
+    every replay overwrites them); transformers' packed-sequence check as the trainer captures it."""
+    from optical_clm.training import unpacked_rows
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -103,13 +102,8 @@ def _capture(step: Callable[[], None], body: Callable[[], None], warmup: int) ->
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    packed_check = masking_utils.find_packed_sequence_indices
-    masking_utils.find_packed_sequence_indices = lambda position_ids: None
-    try:
-        with torch.cuda.graph(graph):
-            body()
-    finally:
-        masking_utils.find_packed_sequence_indices = packed_check
+    with unpacked_rows(), torch.cuda.graph(graph):
+        body()
     return graph.replay
 
 

@@ -30,8 +30,8 @@ import math
 import platform
 import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -174,26 +174,32 @@ class MicroStep:
         return out
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        from transformers import masking_utils
-
         self.x, self.y = x.clone(), y.clone()
         graph = torch.cuda.CUDAGraph()
-        # transformers checks the position ids for packed sequences with a host sync, which a capture
-        # forbids (it then assumes packing and builds an explicit mask). Every row here is one block with
-        # positions 0..T-1, for which the check returns None: the capture uses that value.
-        packed_check = masking_utils.find_packed_sequence_indices
-        masking_utils.find_packed_sequence_indices = lambda position_ids: None
         try:
             start = time.time()
-            with torch.cuda.graph(graph, stream=self.stream):
+            with unpacked_rows(), torch.cuda.graph(graph, stream=self.stream):
                 self.loss = self._forward_backward(self.x, self.y)
             self.graph = graph
             log.info("micro-step captured into a CUDA graph in %.1f s", time.time() - start)
         except RuntimeError as err:
             log.warning("CUDA graph capture failed, training continues eagerly: %s", str(err).splitlines()[0])
             self.graphed = False
-        finally:
-            masking_utils.find_packed_sequence_indices = packed_check
+
+
+@contextmanager
+def unpacked_rows() -> Iterator[None]:
+    """transformers checks the position ids for packed sequences with a host sync, which a CUDA graph capture
+    forbids (it then assumes packing and builds an explicit mask). Every row of our batches is one block with
+    positions 0..T-1, for which the check returns None: inside this block it returns that without looking."""
+    from transformers import masking_utils
+
+    packed_check = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = packed_check
 
 
 @torch.no_grad()
