@@ -151,3 +151,21 @@ def test_gradients_finite_and_close_to_eager(numerics):
         assert torch.isfinite(g).all()
         limit = 0.1 if numerics == "fixed" else 1.0  # mase clamps logits to ~1/4 of their range here
         assert _rel(g, t.grad) < limit
+
+
+def test_autocast_stores_p_in_the_product_dtype():
+    # An fp32 query under bf16 autocast (RoPE makes it fp32 in an fp32 model): P is stored in bf16, the dtype the
+    # P·V product reads it in, and the call computes exactly what it computes on bf16 inputs without autocast.
+    q, k, v, mask = _inputs()
+    results = []
+    for use_autocast in (True, False):
+        module = _attention().eval()
+        state = getattr(module, STATE_ATTR)
+        state.qk.update_rows([0, 1, 2], torch.tensor([[-3.0, 3.0], [-3.0, 3.0], [-6.0, 6.0]]))
+        state.av.update_rows([1, 2], torch.tensor([[-3.0, 3.0], [-2.0, 2.0]]))
+        inputs = (q, k, v) if use_autocast else (q.bfloat16(), k.bfloat16(), v.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_autocast):
+            results.append(optical_attention_forward(module, *inputs, mask, scaling=SCALING))
+    (out_autocast, p_autocast), (out_bf16, p_bf16) = results
+    assert p_autocast.dtype == p_bf16.dtype == torch.bfloat16
+    assert torch.equal(p_autocast, p_bf16) and torch.equal(out_autocast, out_bf16)

@@ -51,9 +51,14 @@ def test_known_answers(ctr, key, words):
 def _tile_kernel(out_ptr, rng_ptr, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # the tile's first counter as a 64-bit base (offset by 2³² − 8, so the 32-bit offsets carry into the high
+    # word inside the tile), the rest as 32-bit offsets: the GEMM epilogue's split
     q = N // 4
-    ctr = offs_m[:, None].to(tl.int64) * q + (tl.program_id(1) * (BLOCK_N // 4) + tl.arange(0, BLOCK_N // 4))[None, :]
-    u = philox_uniform_tile(tl.load(rng_ptr), ctr, tl.load(rng_ptr + 1), tl.load(rng_ptr + 2), BLOCK_M, BLOCK_N)
+    base = tl.program_id(0).to(tl.int64) * BLOCK_M * q + tl.program_id(1) * (BLOCK_N // 4) + (2**32 - 8)
+    ctr_off = tl.arange(0, BLOCK_M)[:, None] * q + tl.arange(0, BLOCK_N // 4)[None, :]
+    u = philox_uniform_tile(
+        tl.load(rng_ptr), base, ctr_off, tl.load(rng_ptr + 1), tl.load(rng_ptr + 2), BLOCK_M, BLOCK_N
+    )
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], u, mask=mask)
 
@@ -65,7 +70,7 @@ def test_tile_uniforms_equal_flat_index_uniforms(block_m, block_n):
     rng = torch.tensor([2**33 + 7, 11, 3], device=DEVICE)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _tile_kernel[grid](out, rng, m, n, BLOCK_M=block_m, BLOCK_N=block_n)
-    assert torch.equal(out.view(-1), philox_uniform(m * n, 2**33 + 7, 11, 3, 0, DEVICE))
+    assert torch.equal(out.view(-1), philox_uniform(m * n, 2**33 + 7, 11, 3, 4 * (2**32 - 8), DEVICE))
 
 
 @pytest.mark.parametrize(

@@ -45,20 +45,28 @@ def _even_k(K: int, block_k: int) -> bool:
     return K % block_k == 0
 
 
+def _philox_tile(N: int) -> bool:
+    """Whether a row's outputs come in whole Philox counters (four per evaluation). A compile-time flag: with
+    a runtime branch both read-out paths were compiled and the kernel spilled registers (NOTES.md 19)."""
+    return N % 4 == 0
+
+
 def autotune_configs() -> list[triton.Config]:
     if INTERPRET:  # the interpreter runs one config; big tiles keep programs × ops small
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8})]
     configs = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
-            # the first is the OTLIB_AUTOTUNE=0 choice. SASS for sm_90 (benchmarks/NOTES.md 16): the read-out
-            # epilogue spills registers at 128 × 128 (not the accumulator-only launch); 128 × 64 and 64 × 128
-            # with 8 warps do not spill at all
+            # the first is the OTLIB_AUTOTUNE=0 choice. Measured on the H200 (benchmarks/NOTES.md 19): 4-warp
+            # programs (two per SM) are the fastest at most study shapes, as one program's read-out epilogue
+            # then overlaps another's MMAs; 2 stages suit attention's K = 64
             (128, 64, 64, 8, 4),
             (64, 128, 64, 8, 4),
             (128, 128, 64, 8, 3),
             (128, 128, 64, 8, 4),
             (64, 64, 64, 4, 4),
+            (64, 128, 64, 4, 3),
+            (64, 64, 64, 4, 2),
         ]
     ]
     # OTLIB_AUTOTUNE=0: the first config only (quick compiles for tests; results never depend on the choice)
@@ -66,7 +74,9 @@ def autotune_configs() -> list[triton.Config]:
 
 
 @triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT"])
-@triton.heuristics({"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"])})
+@triton.heuristics(
+    {"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"]), "PHILOX_TILE": lambda args: _philox_tile(args["N"])}
+)
 @triton.jit
 def _optical_gemm_kernel(
     # pointers: codes and sums from operand_codes; ranges = fp32 [3, 2] (lo, hi) rows of (a, b, out)
@@ -106,6 +116,7 @@ def _optical_gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
+    PHILOX_TILE: tl.constexpr,
 ):
     # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
     pid = tl.program_id(0)
@@ -163,25 +174,23 @@ def _optical_gemm_kernel(
     val = s_a * (c_b * sum_a[:, None] + s_b * acc) + c_a * col_value[None, :]
     # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0))
-    tl.atomic_max(max_ptr, tl.max(tl.max(tl.where(valid, val, float("-inf")), axis=1), axis=0))
-    # ---- epilogue 3: stochastic read-out at the flat output index, digital bias, store
-    idx = bid.to(tl.int64) * M * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    # relaxed: nothing reads the two scalars before the kernel ends, so no ordering (fence) is needed
+    tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0), sem="relaxed")
+    tl.atomic_max(max_ptr, tl.max(tl.max(tl.where(valid, val, float("-inf")), axis=1), axis=0), sem="relaxed")
+    # ---- epilogue 3: stochastic read-out at the flat output index, digital bias, store. The tile's first
+    # flat index is 64-bit, offsets inside it 32-bit (fewer registers: BLOCK_M · N < 2³¹)
+    tile_start = bid.to(tl.int64) * M * N + (pid_m * BLOCK_M).to(tl.int64) * N + pid_n * BLOCK_N
+    tile_offs = rows[:, None] * N + cols[None, :]
     out = val
     if READOUT:
         seed = tl.load(rng_ptr + 0)
         counter = tl.load(rng_ptr + 1)
         stream = tl.load(rng_ptr + 2)
-        if N % 4 == 0:  # four consecutive elements of a row share one Philox evaluation
-            q = N // 4
-            ctr = (
-                bid.to(tl.int64) * M * q
-                + offs_m[:, None].to(tl.int64) * q
-                + (pid_n * (BLOCK_N // 4) + tl.arange(0, BLOCK_N // 4))[None, :]
-            )
-            u = philox_uniform_tile(seed, ctr, counter, stream, BLOCK_M, BLOCK_N)
+        if PHILOX_TILE:  # four consecutive elements of a row share one Philox evaluation (counter = index / 4)
+            ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
+            u = philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N)
         else:
-            u = philox_uniform(seed, idx, counter, stream)
+            u = philox_uniform(seed, tile_start + tile_offs, counter, stream)
         # read-out: the reference's quantizer, except that t multiplies by n / (hi − lo + 1e-8) instead of
         # dividing (≤ 1 ulp of t, far below the accumulator's own summation-order difference; docs/numerics.md)
         lo, hi, div, width = range_params(ranges_ptr, 2, eps_bits)
@@ -190,7 +199,7 @@ def _optical_gemm_kernel(
         out = level_value(k, width, lo, n_f)
         if HAS_BIAS:
             out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(c_ptr + idx, cast_for_store(out, c_ptr), mask=valid)
+    tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=valid)
 
 
 def optical_gemm(
@@ -259,8 +268,8 @@ def optical_gemm(
         best = _optical_gemm_kernel.best_config
         _chosen_configs[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
     else:
-        even_k = _even_k(K, meta["BLOCK_K"])
-        _GEMM_JIT[_grid(M, N, B * H)(meta)](*args, **flags, **meta, EVEN_K=even_k, **LAUNCH_OPTS)
+        tile_flags = {"EVEN_K": _even_k(K, meta["BLOCK_K"]), "PHILOX_TILE": _philox_tile(N)}
+        _GEMM_JIT[_grid(M, N, B * H)(meta)](*args, **flags, **meta, **tile_flags, **LAUNCH_OPTS)
     return c
 
 

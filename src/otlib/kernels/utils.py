@@ -96,10 +96,17 @@ def philox_uniform(seed, idx, counter, stream):
 
 
 @triton.jit
-def philox_uniform_tile(seed, ctr, counter, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] uniforms of a row-major tile whose flat indices along each row are 4·ctr + 0..3,
-    for `ctr` of shape [BLOCK_M, BLOCK_N // 4]: one Philox evaluation per four elements."""
-    w0, w1, w2, w3 = philox_words(seed, ctr, counter, stream)
+def philox_uniform_tile(seed, ctr_base, ctr_off, counter, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] uniforms of a row-major tile whose flat indices along each row are 4·ctr + 0..3, for
+    counters ctr = ctr_base (int64 scalar) + ctr_off (int32, shape [BLOCK_M, BLOCK_N // 4]): one Philox
+    evaluation per four elements. The counter's two words come from 32-bit adds with a carry, so no 64-bit
+    value per counter is live (register pressure, benchmarks/NOTES.md 19)."""
+    off = ctr_off.to(tl.uint32)
+    c0 = (ctr_base & 0xFFFFFFFF).to(tl.uint32) + off  # wraps modulo 2³²
+    c1 = ((ctr_base >> 32) & 0xFFFFFFFF).to(tl.uint32) + (c0 < off).to(tl.uint32)  # the carry
+    c2 = tl.zeros_like(c0) + (counter & 0xFFFFFFFF).to(tl.uint32)
+    c3 = tl.zeros_like(c0) + (stream & 0xFFFFFFFF).to(tl.uint32)
+    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
     w = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [..., p, q] = word 2p + q
     return word_to_uniform(tl.reshape(w, (BLOCK_M, BLOCK_N)))
 

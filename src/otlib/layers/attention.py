@@ -3,7 +3,7 @@
 Per head (grouped-query attention: each K/V head serves num_heads / num_kv_heads query heads):
 
     S = Q_stoch(Q_det(Q) · LUT(Q_det(Kᵀ)); qk range)
-    P = softmax(S · scaling + mask) in fp32, then dropout
+    P = softmax(S · scaling + mask) in fp32, stored in the product's dtype, then dropout
     O = Q_stoch(Q_det(P) · LUT(Q_det(V)); av range)
 
 Both products are `otlib.ops.optical_matmul` calls. The per-layer state (range statistics of
@@ -146,7 +146,13 @@ def optical_attention_forward(
         state.qk.update(OUT, torch.stack([s_min, s_max]))
 
     # --- P = softmax(S·scaling + mask) in fp32, dropout (one Triton pass per row on CUDA) ---------------
-    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, query.dtype)
+    # P is stored in the dtype the P·V product reads it in: eager attention's query dtype, or under autocast
+    # the autocast dtype (torch.matmul's rule). In an fp32 model RoPE makes the query fp32, and an fp32 P would
+    # only be written, observed and then cast to bf16 by the product (and its gradient cast back): four T × S
+    # passes per layer. Same values; the attn range observes the operand the product quantizes.
+    device_type = query.device.type
+    p_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
+    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, p_dtype)
     probs = F.dropout(probs, p=dropout, training=training)
 
     # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------
