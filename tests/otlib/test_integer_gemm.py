@@ -145,6 +145,24 @@ def test_grouped_batched_matmul_equals_per_head_products():
     assert_equal_verbose(c, per_head)  # the same tiles and MMA order per head: the batching changes nothing
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("readout", [True, False])
+@pytest.mark.parametrize(("m", "k", "n"), [(40, 72, 16), (33, 100, 130)])  # K and M off the tiles; N > one tile
+def test_gemm_encoding_a_itself_equals_the_encoder_path(dtype, readout, m, k, n):
+    """raw_a (attention's P·V): the GEMM encodes A's tiles in its K loop — the same codes, sums, products and
+    read-out as the separate encoder, bit for bit, including the range it observes; grouped heads."""
+    a = (torch.rand(2, 6, m, k, device=DEVICE) * 1.3 - 0.1).to(dtype)
+    b = torch.randn(2, 2, k, n, device=DEVICE).to(dtype)
+    ranges = _ranges(a.float(), b.float(), out=2.0)
+    rng = torch.tensor([5, 3, 1], device=DEVICE)
+    got, want = (
+        optical_matmul_fwd(a, b, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=dtype, raw_a=raw)
+        for raw in (True, False)
+    )
+    for g, w in zip(got, want, strict=True):
+        assert_equal_verbose(g, w)
+
+
 def test_entries_at_level_zero_add_nothing():
     """Causal attention: P·V with P = 0 on future keys and P's range starting at 0. Changing the future values
     must not change a single bit of the earlier rows (their codes are 0 and c_a = 0: they add exactly nothing)."""

@@ -37,6 +37,7 @@ from .utils import (
     philox_uniform_tile,
     range_params,
     round_half_even,
+    scaled_position,
 )
 
 
@@ -73,13 +74,14 @@ def autotune_configs() -> list[triton.Config]:
     return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT"])
+@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT", "A_RAW"])
 @triton.heuristics(
     {"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"]), "PHILOX_TILE": lambda args: _philox_tile(args["N"])}
 )
 @triton.jit
 def _optical_gemm_kernel(
-    # pointers: codes and sums from operand_codes; ranges = fp32 [3, 2] (lo, hi) rows of (a, b, out)
+    # pointers: codes and sums from operand_codes (A_RAW: a_ptr is a itself, asum_ptr unused); ranges = fp32
+    # [3, 2] (lo, hi) rows of (a, b, out)
     a_ptr,
     asum_ptr,
     b_ptr,
@@ -111,6 +113,7 @@ def _optical_gemm_kernel(
     # meta-parameters
     READOUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    A_RAW: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -149,8 +152,12 @@ def _optical_gemm_kernel(
     b_tile = cols[None, :] * K + offs_k[:, None]
     m_ok = offs_m[:, None] < M
     n_ok = offs_n[None, :] < N
-    # ---- K loop: fp16 codes on the tensor cores, fp32 accumulator; masked lanes load code 0 and add exactly 0
+    # ---- K loop: fp16 codes on the tensor cores, fp32 accumulator; masked lanes load code 0 and add exactly 0.
+    # A_RAW: A's tiles are encoded here, as operand_codes would (same levels, exact integer codes and sums)
+    lo_a, hi_a, div_a, width_a = range_params(ranges_ptr, 0, eps_bits)
+    s_a, z_a, c_a = code_params(lo_a, width_a, n_f)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    sum_a = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k0 = k * BLOCK_K
         if EVEN_K:
@@ -160,13 +167,18 @@ def _optical_gemm_kernel(
             a_mask = m_ok & (offs_k[None, :] < K - k0)
             b_mask = (offs_k[:, None] < K - k0) & n_ok
         a = tl.load(a_base + k0 + a_tile, mask=a_mask, other=0.0)
+        if A_RAW:
+            code = round_half_even(scaled_position(a.to(tl.float32), lo_a, hi_a, div_a, n_f)) - z_a
+            code = tl.where(a_mask, code, 0.0)
+            sum_a += tl.sum(code, axis=1)
+            a = code.to(tl.float16)
         acc = tl.dot(a, tl.load(b_base + k0 + b_tile, mask=b_mask, other=0.0), acc)
     # ---- epilogue 1: the product of the quantized operands from the code product and the code sums
-    lo_a, _, _, width_a = range_params(ranges_ptr, 0, eps_bits)
     lo_b, _, _, width_b = range_params(ranges_ptr, 1, eps_bits)
-    s_a, _, c_a = code_params(lo_a, width_a, n_f)
     s_b, _, c_b = code_params(lo_b, width_b, n_f)
-    sum_a = tl.load(asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh + offs_m, mask=offs_m < M)
+    if not A_RAW:
+        a_sums = asum_ptr + batch.to(tl.int64) * stride_sb + head.to(tl.int64) * stride_sh
+        sum_a = tl.load(a_sums + offs_m, mask=offs_m < M)
     sum_b = tl.load(
         bsum_ptr + batch.to(tl.int64) * stride_qb + (head // GROUP).to(tl.int64) * stride_qh + offs_n, mask=offs_n < N
     )
@@ -217,7 +229,8 @@ def optical_gemm(
     config: dict | None = None,
 ) -> torch.Tensor:
     """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
-    sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous. ranges: contiguous fp32 [3, 2] (lo, hi) of
+    sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous. a = (a itself [B, H, M, K], None): the
+    GEMM encodes A's tiles in its K loop (worth it where few N tiles re-read them: raw_a_pays). ranges: contiguous fp32 [3, 2] (lo, hi) of
     (a, b, out); b's LUT floor is already in its codes.
 
     readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
@@ -226,6 +239,7 @@ def optical_gemm(
     """
     a_codes, a_sums = a
     b_codes, b_sums = b
+    a_raw = a_sums is None
     B, H, M, K = a_codes.shape
     N = b_codes.shape[-2]
     c = torch.empty((B * H, M, N), dtype=out_dtype if readout else torch.float32, device=a_codes.device)
@@ -235,7 +249,7 @@ def optical_gemm(
         return c
     args = (
         a_codes,
-        a_sums,
+        a_codes if a_raw else a_sums,
         b_codes,
         b_sums,
         c,
@@ -253,14 +267,14 @@ def optical_gemm(
         float(n),
         a_codes.stride(0),
         a_codes.stride(1),
-        a_sums.stride(0),
-        a_sums.stride(1),
+        0 if a_raw else a_sums.stride(0),
+        0 if a_raw else a_sums.stride(1),
         b_codes.stride(0),
         b_codes.stride(1),
         b_sums.stride(0),
         b_sums.stride(1),
     )
-    flags = {"READOUT": readout, "HAS_BIAS": bias is not None}
+    flags = {"READOUT": readout, "HAS_BIAS": bias is not None, "A_RAW": a_raw}
     key = _config_key(M, N, K, c.dtype, **flags)
     meta = config or _chosen_configs.get(key)
     if meta is None:  # first call for this key: the autotuner picks, then later calls skip its wrappers
@@ -273,14 +287,18 @@ def optical_gemm(
     return c
 
 
-def _config_key(M: int, N: int, K: int, out_dtype: torch.dtype, *, READOUT: bool, HAS_BIAS: bool) -> tuple:
+def _config_key(
+    M: int, N: int, K: int, out_dtype: torch.dtype, *, READOUT: bool, HAS_BIAS: bool, A_RAW: bool = False
+) -> tuple:
     """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
-    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS)
+    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS, A_RAW)
 
 
-def chosen_config(M: int, N: int, K: int, out_dtype: torch.dtype, *, readout: bool, has_bias: bool) -> dict | None:
+def chosen_config(
+    M: int, N: int, K: int, out_dtype: torch.dtype, *, readout: bool, has_bias: bool, raw_a: bool = False
+) -> dict | None:
     """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
-    return _chosen_configs.get(_config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias))
+    return _chosen_configs.get(_config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a))
 
 
 def _grid(M: int, N: int, batch: int):
@@ -295,6 +313,16 @@ def _grid(M: int, N: int, batch: int):
 # with that choice (the same config the autotuner would reuse).
 _GEMM_JIT = _optical_gemm_kernel.fn.fn
 _chosen_configs: dict[tuple, dict] = {}
+
+
+# Encoding A inside the GEMM re-encodes each A tile once per N tile: it pays where N fits in one or two tiles
+# (attention's P·V, N = head_dim), and saves the encoder's pass over A and its codes (benchmarks/NOTES.md 20).
+RAW_A_MAX_N = 128
+
+
+def raw_a_pays(a3: torch.Tensor, N: int) -> bool:
+    """Whether the GEMM should encode a3 [G, M, K] itself: N ≤ RAW_A_MAX_N and a3's rows K-contiguous."""
+    return N <= RAW_A_MAX_N and a3.stride(-1) == 1 and (a3.shape[-2] <= 1 or a3.stride(-2) == a3.shape[-1])
 
 
 def new_minmax(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,17 +340,28 @@ def optical_matmul_fwd(
     lut_min: float | None,
     readout: bool,
     out_dtype: torch.dtype,
+    raw_a: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, acc min, acc max).
 
     ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out). readout: c is the read-out, else the fp32 accumulator.
+    raw_a: the GEMM encodes a itself (None: where raw_a_pays). The results are the same bit for bit.
     """
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
     minmax = new_minmax(a.device)
-    a_codes, a_sums = operand_codes(a.reshape(math.prod(lead_a), M, K), ranges, 0, n, minmax=minmax)
-    # b as [G, N, K]: codes come out K-contiguous, as the GEMM's tiles are read
-    b_codes, b_sums = operand_codes(b.reshape(math.prod(lead_b), K, N).transpose(1, 2), ranges, 1, n, lut_min=lut_min)
+    a3 = a.reshape(math.prod(lead_a), M, K)
+    if raw_a is None:
+        raw_a = raw_a_pays(a3, N)
+    if raw_a:
+        a3 = a3.contiguous()  # no copy where raw_a_pays
+        a_codes, a_sums = a3, None
+    else:
+        a_codes, a_sums = operand_codes(a3, ranges, 0, n, minmax=minmax)
+    # b as [G, N, K]: codes come out K-contiguous, as the GEMM's tiles are read; with raw a, this launch sets the
+    # accumulator range's initial (+inf, −inf)
+    b3 = b.reshape(math.prod(lead_b), K, N).transpose(1, 2)
+    b_codes, b_sums = operand_codes(b3, ranges, 1, n, lut_min=lut_min, minmax=minmax if raw_a else None)
     group = 1
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]
@@ -335,7 +374,7 @@ def optical_matmul_fwd(
         outer = math.prod(lead[:-1])
         return t.view(*lead_t, *inner).expand(*lead[:-1], heads, *inner).reshape(outer, heads, *inner)
 
-    a_enc = (fold(a_codes, lead_a, h, [M, K]), fold(a_sums, lead_a, h, [M]))
+    a_enc = (fold(a_codes, lead_a, h, [M, K]), None if raw_a else fold(a_sums, lead_a, h, [M]))
     hb = h // group
     b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N]))
     c = optical_gemm(a_enc, b_enc, group, None, ranges, rng, n, minmax, readout=readout, out_dtype=out_dtype)

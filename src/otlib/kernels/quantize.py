@@ -140,6 +140,13 @@ def quantize_fwd(
 _CODES_BLOCK_R, _CODES_BLOCK_C = (64, 256) if INTERPRET else (32, 128)
 
 
+def _rows_per_program(rows: int) -> int:
+    """Rows per encoder program: 32 for large operands, 8 below 32 Ki rows, so that a weight (384 rows) or one
+    batch of activations (8192 rows) still spreads over several programs per SM (the launches were latency-bound,
+    benchmarks/NOTES.md 20). Codes and sums do not depend on it (each row sums its columns in the same order)."""
+    return _CODES_BLOCK_R if INTERPRET or rows >= 32 * 1024 else 8
+
+
 @triton.jit
 def _operand_codes_kernel(
     # pointers
@@ -218,7 +225,8 @@ def operand_codes(
     sums = torch.empty((G, R), dtype=torch.float32, device=x.device)
     if G * R == 0:
         return codes, sums
-    grid = (triton.cdiv(R, _CODES_BLOCK_R), G)
+    block_r = _rows_per_program(G * R)
+    grid = (triton.cdiv(R, block_r), G)
     _operand_codes_kernel[grid](
         x,
         codes,
@@ -234,7 +242,7 @@ def operand_codes(
         float(n),
         LUT=lut_min is not None,
         INIT_MINMAX=minmax is not None,
-        BLOCK_R=_CODES_BLOCK_R,
+        BLOCK_R=block_r,
         BLOCK_C=_CODES_BLOCK_C,
         num_warps=4,
         **LAUNCH_OPTS,
