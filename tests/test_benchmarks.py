@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {
     "bench_optical_linear": ["--tokens", "64"],
     "bench_attention": ["--block", "32"],
+    "bench_gemm_configs": [],
     "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
     "profile_optical_linear": ["--tokens", "64"],
     "profile_training_step": ["--model", "60m", "--modes", "optical"],

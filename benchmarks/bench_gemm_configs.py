@@ -1,0 +1,94 @@
+"""Benchmark: the level-code GEMM with its read-out epilogue at every tile config, against cuBLAS bf16.
+
+Run on a GPU machine from the repository root:
+    PYTHONPATH=src python3 benchmarks/bench_gemm_configs.py --out gemm_configs.md
+Operands are encoded once (operand_codes), then `optical_gemm` runs with each config of the autotune list
+(kernels/optical_matmul.py) fixed, read-out on, bf16 output: what the autotuner chooses between, and how far
+the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ and P·V of the
+60M model (batch 8, 6 heads, T = 1024, head_dim 64), and the 60M and 600M up projections at M = 8192 / 16384
+tokens. Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
+"""
+
+import argparse
+
+import torch
+from report import emit, short  # benchmarks/report.py (scripts run from this folder)
+
+# name → (batch·heads G, M, N, K)
+SHAPES = {
+    "60M attention Q·Kᵀ": (48, 1024, 1024, 64),
+    "60M attention P·V": (48, 1024, 64, 1024),
+    "60M up 384→1408": (1, 8192, 1408, 384),
+    "600M up 1152→4096": (1, 16384, 4096, 1152),
+}
+
+
+def time_shape(g: int, m: int, n: int, k: int, configs: list) -> tuple[bool, float, list]:
+    """(A encoded by the GEMM?, cuBLAS bf16 µs, per config µs or an error text) for random bf16 operands."""
+    from triton.testing import do_bench
+
+    from otlib.kernels.optical_matmul import new_minmax, optical_gemm, raw_a_pays
+    from otlib.kernels.quantize import operand_codes
+
+    a = torch.randn(g, m, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(g, n, k, device="cuda", dtype=torch.bfloat16)
+    ranges = torch.tensor([[-3.0, 3.0], [-3.0, 3.0], [-20.0, 20.0]], device="cuda")
+    rng = torch.tensor([1, 2, 3], dtype=torch.int64, device="cuda")
+    minmax = new_minmax(a.device)
+    raw_a = raw_a_pays(a, n)  # as optical_matmul_fwd decides (attention's P·V: the GEMM encodes P itself)
+    b_enc = tuple(t.unsqueeze(0) for t in operand_codes(b, ranges, 1, 255, lut_min=0.02, minmax=minmax))
+    a_enc = (a.unsqueeze(0), None) if raw_a else tuple(t.unsqueeze(0) for t in operand_codes(a, ranges, 0, 255))
+    cublas = do_bench(lambda: torch.matmul(a, b.transpose(1, 2))) * 1e3
+    cells = []
+    for cfg in configs:
+        meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+        def run(meta=meta):
+            optical_gemm(a_enc, b_enc, 1, None, ranges, rng, 255, minmax, readout=True,
+                         out_dtype=torch.bfloat16, config=meta)  # fmt: skip
+
+        try:
+            cells.append(do_bench(run) * 1e3)
+        except Exception as exc:  # a config the GPU cannot run (shared memory): reported, not fatal
+            cells.append(short(exc, 40))
+    return raw_a, cublas, cells
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gemm_configs.py needs a CUDA GPU")
+    import triton
+
+    from otlib.kernels.optical_matmul import autotune_configs
+
+    torch.manual_seed(0)
+    configs = autotune_configs()
+    names = [
+        f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}×{c.kwargs['BLOCK_K']} w{c.num_warps} s{c.num_stages}"
+        for c in configs
+    ]
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}; "
+        "level-code GEMM + read-out (bf16 out), µs (median of do_bench)",
+        "",
+        "| shape (G × M × N × K) | A encoded by | cuBLAS bf16 | " + " | ".join(names) + " | best time ÷ cuBLAS |",
+        "|---|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for name, (g, m, n, k) in SHAPES.items():
+        raw_a, cublas, cells = time_shape(g, m, n, k, configs)
+        times = [c for c in cells if isinstance(c, float)]
+        best = f"{min(times) / cublas:.2f}" if times else "—"
+        shown = [f"{c:.1f}" if isinstance(c, float) else c for c in cells]
+        where = "the GEMM (raw_a)" if raw_a else "operand_codes"
+        lines.append(
+            f"| {name} ({g} × {m} × {n} × {k}) | {where} | {cublas:.1f} | " + " | ".join(shown) + f" | {best} |"
+        )
+        print(lines[-1], flush=True)
+    emit(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
