@@ -8,10 +8,12 @@ Algorithm (per call; docs/numerics.md "Level-code GEMM"):
     for each output tile (batch, m-block, n-block):
         D = Σ_k a·b                     one fp16 tensor-core pass, fp32 accumulator
         acc = s_a·(c_b·Σa + s_b·D) + c_a·Σ_k Qb      fp32; Σ_k Qb = K·c_b + s_b·Σb per column
-An element of a at level 0 adds exactly nothing where lo_a = 0 (attention's softmax probabilities): then
-z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak the values they multiply into the result.
         range observation: atomic min/max of acc into two fp32 scalars
         READOUT: y = Q_stoch(acc; out range) with Philox at the flat output index, + bias; else store acc
+With few N tiles (attention's P·V) the GEMM encodes A's tiles itself in the K loop (A_RAW): the same codes
+and sums, without the encoder's pass over A. An element of a at level 0 adds exactly nothing where lo_a = 0
+(attention's softmax probabilities): then z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak
+the values they multiply into the result.
 Every tile config issues the same k16 MMA instructions in K order, so results do not depend on the autotune
 choice (bit for bit, tested on the GPU). Differences from mase-triton (docs/numerics.md): operands quantized
 once per call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither
@@ -230,8 +232,8 @@ def optical_gemm(
 ) -> torch.Tensor:
     """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
     sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous. a = (a itself [B, H, M, K], None): the
-    GEMM encodes A's tiles in its K loop (worth it where few N tiles re-read them: raw_a_pays). ranges: contiguous fp32 [3, 2] (lo, hi) of
-    (a, b, out); b's LUT floor is already in its codes.
+    GEMM encodes A's tiles in its K loop (worth it where few N tiles re-read them: raw_a_pays). ranges:
+    contiguous fp32 [3, 2] (lo, hi) of (a, b, out); b's LUT floor is already in its codes.
 
     readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
     holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range; set here when c is empty.
