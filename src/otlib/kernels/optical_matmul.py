@@ -34,12 +34,12 @@ from .utils import (
     LAUNCH_OPTS,
     cast_for_store,
     code_params,
+    deterministic_level,
     level_value,
     philox_uniform,
     philox_uniform_tile,
     range_params,
     round_half_even,
-    scaled_position,
 )
 
 
@@ -170,7 +170,7 @@ def _optical_gemm_kernel(
             b_mask = (offs_k[:, None] < K - k0) & n_ok
         a = tl.load(a_base + k0 + a_tile, mask=a_mask, other=0.0)
         if A_RAW:
-            code = round_half_even(scaled_position(a.to(tl.float32), lo_a, hi_a, div_a, n_f)) - z_a
+            code = deterministic_level(a.to(tl.float32), lo_a, hi_a, div_a, n_f) - z_a
             code = tl.where(a_mask, code, 0.0)
             sum_a += tl.sum(code, axis=1)
             a = code.to(tl.float16)

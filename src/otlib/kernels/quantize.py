@@ -21,6 +21,7 @@ from .utils import (
     LAUNCH_OPTS,
     cast_for_store,
     code_params,
+    deterministic_level,
     f64_bits,
     level_value,
     lut_codes,
@@ -28,9 +29,7 @@ from .utils import (
     philox_uniform,
     quantize_values,
     range_params,
-    round_half_even,
     round_to_bf16,
-    scaled_position,
     vector_params,
 )
 
@@ -193,7 +192,7 @@ def _operand_codes_kernel(
         offs_c = c0 + tl.arange(0, BLOCK_C)
         m = row_ok[:, None] & (offs_c[None, :] < C)
         x = tl.load(x_rows + offs_c[None, :].to(tl.int64) * stride_c, mask=m, other=0.0).to(tl.float32)
-        k = round_half_even(scaled_position(x, lo, hi, div, n_f))
+        k = deterministic_level(x, lo, hi, div, n_f)
         code = k - z
         if LUT:
             y = level_value(k, width, lo, n_f)  # the reference's value before the floor, bit for bit

@@ -71,11 +71,10 @@ def cast_for_store(y, ptr):
 
 
 @triton.jit
-def philox_words(seed, ctr, counter, stream):
-    """Philox4x32-10's four output words at int64 counter `ctr`: counter words (ctr lo, ctr hi, counter lo,
-    stream), key = seed (lo, hi words). Element i of a tensor takes word i mod 4 of counter i div 4."""
-    c0 = (ctr & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((ctr >> 32) & 0xFFFFFFFF).to(tl.uint32)
+def philox_words(seed, c0, c1, counter, stream):
+    """Philox4x32-10's four output words at the counter whose low / high 32-bit words are c0 / c1 (uint32):
+    counter words (c0, c1, counter lo, stream), key = seed (lo, hi words). Element i of a tensor takes word
+    i mod 4 of counter i div 4."""
     c2 = tl.zeros_like(c0) + (counter & 0xFFFFFFFF).to(tl.uint32)
     c3 = tl.zeros_like(c0) + (stream & 0xFFFFFFFF).to(tl.uint32)
     return tl.philox(seed, c0, c1, c2, c3)
@@ -90,7 +89,10 @@ def word_to_uniform(w):
 @triton.jit
 def philox_uniform(seed, idx, counter, stream):
     """u ∈ [0, 1) per int64 element index `idx` (any pattern; evaluates Philox once per element)."""
-    w0, w1, w2, w3 = philox_words(seed, idx >> 2, counter, stream)
+    ctr = idx >> 2
+    w0, w1, w2, w3 = philox_words(
+        seed, (ctr & 0xFFFFFFFF).to(tl.uint32), ((ctr >> 32) & 0xFFFFFFFF).to(tl.uint32), counter, stream
+    )
     lane = idx & 3
     return word_to_uniform(tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3))))
 
@@ -104,9 +106,7 @@ def philox_uniform_tile(seed, ctr_base, ctr_off, counter, stream, BLOCK_M: tl.co
     off = ctr_off.to(tl.uint32)
     c0 = (ctr_base & 0xFFFFFFFF).to(tl.uint32) + off  # wraps modulo 2³²
     c1 = ((ctr_base >> 32) & 0xFFFFFFFF).to(tl.uint32) + (c0 < off).to(tl.uint32)  # the carry
-    c2 = tl.zeros_like(c0) + (counter & 0xFFFFFFFF).to(tl.uint32)
-    c3 = tl.zeros_like(c0) + (stream & 0xFFFFFFFF).to(tl.uint32)
-    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+    w0, w1, w2, w3 = philox_words(seed, c0, c1, counter, stream)
     w = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [..., p, q] = word 2p + q
     return word_to_uniform(tl.reshape(w, (BLOCK_M, BLOCK_N)))
 
@@ -116,6 +116,13 @@ def scaled_position(x, lo, hi, div, n_f):
     """t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n, the quantizer's position in levels (IEEE division)."""
     t = tl.minimum(tl.maximum(x, lo), hi) - lo
     return tl.math.div_rn(t, tl.zeros_like(t) + div) * n_f
+
+
+@triton.jit
+def deterministic_level(x, lo, hi, div, n_f):
+    """k = rhte(t), the deterministic quantizer's level ∈ [0, n] of x (the operand encoder and the GEMM's
+    in-loop encode of A share it, so their codes are the same by construction)."""
+    return round_half_even(scaled_position(x, lo, hi, div, n_f))
 
 
 @triton.jit
