@@ -36,11 +36,31 @@ def _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_M
 
 @triton.jit
 def _softmax_fwd_kernel(
-    s_ptr, mask_ptr, p_ptr, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr
+    s_ptr,
+    mask_ptr,
+    p_ptr,
+    stats_ptr,
+    scaling,
+    S,
+    T,
+    H,
+    sm_b,
+    sm_h,
+    sm_t,
+    sm_s,
+    HAS_MASK: tl.constexpr,
+    ROW_STATS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     p, cols, ok = _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK, BLOCK)
-    tl.store(p_ptr + row * S + cols, cast_for_store(p, p_ptr), mask=ok)
+    stored = cast_for_store(p, p_ptr)
+    tl.store(p_ptr + row * S + cols, stored, mask=ok)
+    if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
+        v = stored.to(tl.float32)
+        nan = tl.max(tl.where(ok & (v != v), 1, 0), axis=0) != 0
+        tl.store(stats_ptr + 2 * row, tl.where(nan, float("nan"), tl.min(tl.where(ok, v, float("inf")), axis=0)))
+        tl.store(stats_ptr + 2 * row + 1, tl.where(nan, float("nan"), tl.max(tl.where(ok, v, float("-inf")), axis=0)))
 
 
 @triton.jit
@@ -68,7 +88,9 @@ def _softmax_bwd_kernel(
     tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
 
 
-def _launch(kernel, tensors: tuple, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
+def _launch(
+    kernel, tensors: tuple, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float, **flags: bool
+) -> None:
     B, H, T, S = scores.shape
     if scores.numel() == 0:
         return
@@ -83,16 +105,22 @@ def _launch(kernel, tensors: tuple, scores: torch.Tensor, mask: torch.Tensor | N
         *strides,
         HAS_MASK=mask is not None,
         BLOCK=block,
+        **flags,
         num_warps=min(max(block // 256, 1), 16),
         **LAUNCH_OPTS,
     )
 
 
-def softmax_fwd(scores: torch.Tensor, mask: torch.Tensor | None, scaling: float, dtype: torch.dtype) -> torch.Tensor:
-    """scores [B, H, T, S] contiguous, mask fp32 broadcastable to it or None → P [B, H, T, S] in `dtype`."""
+def softmax_fwd(
+    scores: torch.Tensor, mask: torch.Tensor | None, scaling: float, dtype: torch.dtype, row_stats: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """scores [B, H, T, S] contiguous, mask fp32 broadcastable to it or None → (P [B, H, T, S] in `dtype`, and with
+    `row_stats` fp32 [B·H·T, 2] of each row's (min, max) as stored: P's range without another pass over P)."""
     p = torch.empty(scores.shape, dtype=dtype, device=scores.device)
-    _launch(_softmax_fwd_kernel, (scores, mask if mask is not None else scores, p), scores, mask, scaling)
-    return p
+    stats = torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device) if row_stats else None
+    tensors = (scores, mask if mask is not None else scores, p, stats if row_stats else p)
+    _launch(_softmax_fwd_kernel, tensors, scores, mask, scaling, ROW_STATS=row_stats)
+    return p, stats
 
 
 def softmax_bwd(grad_p: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:

@@ -143,7 +143,7 @@ def optical_attention_forward(
         calibrate_out=calibrate_qk,
     )
     if training and not mase:  # the unscaled accumulator, every step
-        state.qk.update(OUT, torch.stack([s_min, s_max]))
+        state.qk.update_pair(OUT, s_min, s_max)
 
     # --- P = softmax(S·scaling + mask) in fp32, dropout (one Triton pass per row on CUDA) ---------------
     # P is stored in the dtype the P·V product reads it in: eager attention's query dtype, or under autocast
@@ -152,11 +152,18 @@ def optical_attention_forward(
     # passes per layer. Same values; the attn range observes the operand the product quantizes.
     device_type = query.device.type
     p_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
-    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, p_dtype)
+    # Without dropout, the softmax folds P's range into the attn row itself (its kernel's row statistics: no
+    # pass over P); with dropout, the range is observed after it.
+    fold_p = state.av.fold_target(A, scores) if training and not (dropout > 0.0) else None
+    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, p_dtype, fold=fold_p)
     probs = F.dropout(probs, p=dropout, training=training)
 
     # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------
-    av_ranges = state.av.observe({A: probs, B: value}, training)
+    if fold_p is not None:
+        state.av.mark_set(A)
+        av_ranges = state.av.observe({B: value}, training)
+    else:
+        av_ranges = state.av.observe({A: probs, B: value}, training)
     out, o_min, o_max = ops.optical_matmul(
         probs,
         value,
@@ -168,7 +175,7 @@ def optical_attention_forward(
         calibrate_out=not state.av.is_set(OUT),
     )
     if training:
-        state.av.update(OUT, torch.stack([o_min, o_max]))
+        state.av.update_pair(OUT, o_min, o_max)
     return out.transpose(1, 2).contiguous(), probs
 
 

@@ -145,7 +145,7 @@ class OpticalLinear(nn.Linear):
             calibrate_out=not self.stats.is_set(OUT),  # first batch / untrained eval: accumulator's own range
         )
         if self.training:
-            self.stats.update(OUT, torch.stack([out_min, out_max]))
+            self.stats.update_pair(OUT, out_min, out_max)
         return y
 
     def extra_repr(self) -> str:

@@ -18,6 +18,10 @@ Three properties the peer lacked, on purpose:
   state dict is loaded.
 - Multi-GPU: when torch.distributed is initialised, the batch statistics are all-reduced
   before the EMA (min → MIN, max → MAX, quantiles → mean), so every rank keeps identical ranges.
+
+On CUDA (min/max statistics, one process) each observed tensor is reduced and folded into its row by one
+Triton launch (otlib.ops.ranges: same values; `scratch` and `tickets` hold the reduction's state) instead of
+aminmax, a stack and the EMA's in-place ops.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from otlib.ops._dispatch import use_kernels
+from otlib.ops.ranges import RangeFold, minmax_fold, pair_fold
 
 
 def exact_quantiles(t: Tensor, quantiles: tuple[float, float]) -> Tensor:
@@ -92,6 +99,11 @@ class RangeTracker(nn.Module):
             raise ValueError(f"RangeTracker: preset names {sorted(unknown)} are not among {self.names}")
         self.register_buffer("bounds", torch.zeros(len(self.names), 2, dtype=torch.float32, device=device))
         self.register_buffer("initialised", torch.zeros(len(self.names), dtype=torch.bool, device=device))
+        # the device fold's reduction state, back to (+inf, −inf) and (0, 0) after every fold
+        self.register_buffer("scratch", torch.zeros(len(self.names), 2, device=device), persistent=False)
+        self.register_buffer(
+            "tickets", torch.zeros(len(self.names), 2, dtype=torch.int32, device=device), persistent=False
+        )
         self._initialised_host = [False] * len(self.names)
         self.reset()
 
@@ -100,6 +112,9 @@ class RangeTracker(nn.Module):
         """Forget all statistics (preset rows go back to their preset)."""
         self.bounds.zero_()
         self.initialised.zero_()
+        self.scratch[:, 0].fill_(math.inf)
+        self.scratch[:, 1].fill_(-math.inf)
+        self.tickets.zero_()
         for name, (lo, hi) in self.preset.items():
             row = self.names.index(name)
             self.bounds[row, 0].fill_(lo)
@@ -110,6 +125,32 @@ class RangeTracker(nn.Module):
     def is_set(self, row: int) -> bool:
         """Whether row `row` holds statistics (host mirror: no device read)."""
         return self._initialised_host[row]
+
+    def fold_target(self, row: int, like: Tensor) -> RangeFold | None:
+        """The row as a device-fold target for a training update from tensors like `like`, or None where the
+        fold does not apply (not CUDA, quantile statistics, several processes: those take `update`)."""
+        if self.quantiles is not None or not use_kernels(like) or (dist.is_available() and dist.is_initialized()):
+            return None
+        return RangeFold(
+            self.bounds, self.scratch, self.tickets, row, self.smooth_factor, not self._initialised_host[row]
+        )
+
+    @torch.no_grad()
+    def mark_set(self, row: int) -> None:
+        """Record that a fold has set row `row` (the host mirror and the `initialised` buffer)."""
+        if not self._initialised_host[row]:
+            self.initialised[row].fill_(True)  # fill_, not `= True`: that copies host → device (a sync)
+            self._initialised_host[row] = True
+
+    @torch.no_grad()
+    def update_pair(self, row: int, lo: Tensor, hi: Tensor) -> None:
+        """`update` from the batch (min, max) as two fp32 scalars (a product's accumulator range)."""
+        fold = self.fold_target(row, lo)
+        if fold is None:
+            self.update(row, torch.stack([lo, hi]))
+            return
+        pair_fold(lo, hi, fold)
+        self.mark_set(row)
 
     def batch_stats(self, t: Tensor) -> Tensor:
         """fp32 [2]: this batch's (lo, hi) of `t` — min/max, or the configured quantiles."""
@@ -156,6 +197,12 @@ class RangeTracker(nn.Module):
         """
         if training:
             rows = list(operands)
+            folds = [self.fold_target(row, operands[row]) for row in rows]
+            if all(fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)):
+                for row, fold in zip(rows, folds, strict=True):
+                    minmax_fold(operands[row], fold)
+                    self.mark_set(row)
+                return self.bounds
             if self.quantiles is not None:
                 stats = torch.stack([self.batch_stats(operands[row]) for row in rows])
             else:  # one stack of every operand's (min, max): a single small launch after the reductions
@@ -177,10 +224,12 @@ class RangeTracker(nn.Module):
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RangeTracker:
         # Keep the statistics fp32 through model.to(bf16)/half(): only device moves apply.
-        bounds = self.bounds
+        bounds, scratch = self.bounds, self.scratch
         super()._apply(fn, recurse)
         if self.bounds.dtype != torch.float32:
             self.bounds = bounds.to(device=self.bounds.device, dtype=torch.float32)
+        if self.scratch.dtype != torch.float32:
+            self.scratch = scratch.to(device=self.scratch.device, dtype=torch.float32)
         return self
 
     def extra_repr(self) -> str:

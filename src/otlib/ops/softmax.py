@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import use_kernels
+from .ranges import RangeFold, minmax_fold
 
 
 def scaled_masked_softmax_reference(scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
@@ -23,32 +24,48 @@ def scaled_masked_softmax_reference(scores: Tensor, mask: Tensor | None, scaling
 
 class _ScaledMaskedSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
+    def forward(
+        ctx, scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype, fold: RangeFold | None
+    ) -> Tensor:
         from otlib.kernels.softmax import softmax_fwd
 
         ctx.save_for_backward(scores, mask)
         ctx.scaling = scaling
-        return softmax_fwd(scores, mask, scaling, dtype)
+        p, row_stats = softmax_fwd(scores, mask, scaling, dtype, row_stats=fold is not None)
+        if fold is not None:
+            minmax_fold(row_stats, fold)  # the rows' (min, max) hold P's min and max
+        return p
 
     @staticmethod
-    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None, None]:
         from otlib.kernels.softmax import softmax_bwd
 
         scores, mask = ctx.saved_tensors
-        return softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling), None, None, None
+        return softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling), None, None, None, None
 
 
-def fused_softmax(scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
+def fused_softmax(
+    scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype, fold: RangeFold | None = None
+) -> Tensor:
     """The kernels' autograd Function (any device the kernels run on: CUDA, or the interpreter in tests)."""
-    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype)
+    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype, fold)
 
 
-def scaled_masked_softmax(scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype) -> Tensor:
-    """softmax(scores · scaling + mask, fp32) in `dtype`; scores [B, H, T, S], mask additive [B or 1, 1 or H, T, S]."""
+def scaled_masked_softmax(
+    scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype, fold: RangeFold | None = None
+) -> Tensor:
+    """softmax(scores · scaling + mask, fp32) in `dtype`; scores [B, H, T, S], mask additive [B or 1, 1 or H, T, S].
+
+    With `fold`, P's min/max (as returned) are folded into that range row: by the softmax kernel's row
+    statistics when the fused kernel runs, else by one pass over P.
+    """
     if use_kernels(scores) and not torch.compiler.is_compiling():
         from otlib.kernels.softmax import MAX_COLUMNS  # Triton is imported only when kernels run
 
         plain_mask = mask is None or (mask.dtype == torch.float32 and not mask.requires_grad)
         if scores.dim() == 4 and scores.shape[-1] <= MAX_COLUMNS and plain_mask:
-            return fused_softmax(scores, mask, scaling, dtype)
-    return scaled_masked_softmax_reference(scores, mask, scaling, dtype)
+            return fused_softmax(scores, mask, scaling, dtype, fold)
+    p = scaled_masked_softmax_reference(scores, mask, scaling, dtype)
+    if fold is not None:
+        minmax_fold(p, fold)
+    return p

@@ -1,0 +1,151 @@
+"""Range statistics on the device: a tensor's min/max folded into a RangeTracker row in one launch.
+
+The grid reduces its share of the tensor and folds it into the row's scratch pair by relaxed atomics; the
+last program to arrive (an acq_rel ticket) applies the update to the bounds row — the batch (min, max) on
+first use, the EMA afterwards — and resets the scratch and ticket for the next call. This replaces
+`torch.aminmax` (a single-block reduction: ~8 µs even for a 384 × 384 weight on an H200, benchmarks/NOTES.md
+change 24), the stack of its two scalars and the EMA's two in-place ops: four launches, one here.
+
+Same values as the torch path (otlib.layers.ranges): min and max are order-free; NaN anywhere gives NaN
+bounds, as aminmax does; the EMA rounds as `bounds.mul_(β).add_(stats, alpha=1 − β)` does on CPU and CUDA,
+fl(β·b) then one rounding of fl(β·b) + α·stat (an FMA): the sum is formed in fp64, where α·stat is exact,
+and rounded once more to fp32 (equal to the FMA unless the fp64 sum lands exactly on an fp32 tie).
+"""
+
+import functools
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import INTERPRET, LAUNCH_OPTS
+
+BLOCK = 4096  # elements per program per loop step
+PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _ema(old, stat, beta, alpha):
+    """fl(fl(β·old) + α·stat): torch's mul_(β).add_(stat, alpha=α) (fp64 sum, one more rounding)."""
+    kept = old * beta
+    return (kept.to(tl.float64) + stat.to(tl.float64) * alpha).to(tl.float32)
+
+
+@triton.jit
+def fold_minmax(lo, hi, has_nan, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, num_programs):
+    """Fold one program's (lo, hi, has_nan) into the grid's; the last program updates the bounds row.
+
+    row_ptr: fp32 (lo, hi) of the tracker row; scratch_ptr: fp32 (+inf, −inf) between calls; ticket_ptr:
+    int32 (arrivals, NaN flag), (0, 0) between calls. first != 0: the row takes the batch range as is.
+    """
+    tl.atomic_min(scratch_ptr, lo, sem="relaxed")
+    tl.atomic_max(scratch_ptr + 1, hi, sem="relaxed")
+    tl.atomic_or(ticket_ptr + 1, has_nan, sem="relaxed")
+    arrived = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")  # release: this program's folds; acquire: all others'
+    if arrived == num_programs - 1:
+        # read by atomics (ordered after the acquire, past any stale cache line); reset by plain stores, which
+        # the kernel's end publishes to the next call
+        batch_lo = tl.atomic_add(scratch_ptr, 0.0, sem="relaxed")
+        batch_hi = tl.atomic_add(scratch_ptr + 1, 0.0, sem="relaxed")
+        nan = tl.atomic_or(ticket_ptr + 1, 0, sem="relaxed")
+        tl.store(scratch_ptr, float("inf"))
+        tl.store(scratch_ptr + 1, float("-inf"))
+        tl.store(ticket_ptr, 0)
+        tl.store(ticket_ptr + 1, 0)
+        batch_lo = tl.where(nan != 0, float("nan"), batch_lo)
+        batch_hi = tl.where(nan != 0, float("nan"), batch_hi)
+        if first == 0:
+            batch_lo = _ema(tl.load(row_ptr), batch_lo, beta, alpha)
+            batch_hi = _ema(tl.load(row_ptr + 1), batch_hi, beta, alpha)
+        tl.store(row_ptr, batch_lo)
+        tl.store(row_ptr + 1, batch_hi)
+
+
+@triton.jit
+def _minmax_fold_kernel(x_ptr, numel, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    lo = tl.full([BLOCK], float("inf"), tl.float32)
+    hi = tl.full([BLOCK], float("-inf"), tl.float32)
+    nan = tl.zeros([BLOCK], tl.int32)
+    for start in range(pid.to(tl.int64) * BLOCK, numel, programs * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < numel
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        lo = tl.minimum(lo, tl.where(ok, x, float("inf")))
+        hi = tl.maximum(hi, tl.where(ok, x, float("-inf")))
+        nan = nan | (x != x).to(tl.int32)
+    fold_minmax(
+        tl.min(lo, axis=0), tl.max(hi, axis=0), tl.max(nan, axis=0), row_ptr, scratch_ptr, ticket_ptr,
+        beta, alpha, first, programs,
+    )  # fmt: skip
+
+
+@triton.jit
+def _fold_pair_kernel(lo_ptr, hi_ptr, row_ptr, beta, alpha, first):
+    """The update of one row from two fp32 scalars already reduced (a product's accumulator range)."""
+    lo = tl.load(lo_ptr)
+    hi = tl.load(hi_ptr)
+    if first == 0:
+        lo = _ema(tl.load(row_ptr), lo, beta, alpha)
+        hi = _ema(tl.load(row_ptr + 1), hi, beta, alpha)
+    tl.store(row_ptr, lo)
+    tl.store(row_ptr + 1, hi)
+
+
+def _fp32(v: float) -> float:
+    """v rounded to fp32 (as torch rounds a Python scalar for an fp32 tensor), still a Python float: the kernel
+    then sees the same value compiled (fp32 argument) and interpreted (Python float)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+@functools.cache
+def _max_programs(device: torch.device) -> int:
+    if INTERPRET:
+        return 4  # the interpreter runs programs one after another
+    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def dense_flat(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when its elements fill one dense block of memory in some dimension order (a transposed or
+    permuted contiguous tensor: min/max do not care about the order), else a contiguous copy."""
+    if t.is_contiguous():
+        return t
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    permuted = t.permute(order)
+    return permuted if permuted.is_contiguous() else t.contiguous()
+
+
+def minmax_fold_(
+    x: torch.Tensor,
+    row: torch.Tensor,
+    scratch: torch.Tensor,
+    ticket: torch.Tensor,
+    beta: float,
+    first: bool,
+) -> None:
+    """Fold min/max of `x` (any float dtype, numel > 0) into `row` (fp32 [2], contiguous): set it when `first`,
+    else the EMA with smoothing factor `beta`. `scratch` fp32 [2] = (+inf, −inf) and `ticket` int32 [2] = 0 are
+    the row's reduction state; they are back to those values when the kernel ends."""
+    flat = dense_flat(x)
+    numel = flat.numel()
+    programs = max(1, min(triton.cdiv(numel, BLOCK), _max_programs(x.device)))
+    _minmax_fold_kernel[(programs,)](
+        flat,
+        numel,
+        row,
+        scratch,
+        ticket,
+        _fp32(beta),
+        _fp32(1.0 - beta),
+        int(first),
+        BLOCK=BLOCK,
+        num_warps=8,
+        **LAUNCH_OPTS,
+    )
+
+
+def pair_fold_(lo: torch.Tensor, hi: torch.Tensor, row: torch.Tensor, beta: float, first: bool) -> None:
+    """Fold the fp32 scalars (lo, hi) into `row` (fp32 [2]) as minmax_fold_ does."""
+    _fold_pair_kernel[(1,)](lo, hi, row, _fp32(beta), _fp32(1.0 - beta), int(first), num_warps=1, **LAUNCH_OPTS)

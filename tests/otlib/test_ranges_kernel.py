@@ -1,0 +1,117 @@
+"""The device fold of range statistics (otlib.kernels.ranges; interpreted on CPU, compiled on a GPU machine)
+against the torch path it replaces: torch.aminmax, then bounds.mul_(β).add_(stats, alpha=1 − β). Bit-exact."""
+
+import math
+
+import pytest
+import torch
+from helpers import assert_equal_verbose
+
+pytest.importorskip("triton", reason="Triton is not installed")
+
+from otlib.kernels.ranges import dense_flat, minmax_fold_, pair_fold_
+from otlib.ops.ranges import RangeFold
+from otlib.ops.softmax import fused_softmax
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BETA = 0.9
+
+
+def _state():
+    scratch = torch.tensor([math.inf, -math.inf], device=DEVICE)
+    return scratch, torch.zeros(2, dtype=torch.int32, device=DEVICE)
+
+
+def _torch_update(row: torch.Tensor, stats: torch.Tensor, first: bool) -> torch.Tensor:
+    out = row.clone()
+    if first:
+        return out.copy_(stats)
+    return out.mul_(BETA).add_(stats, alpha=1.0 - BETA)
+
+
+def _aminmax(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = torch.aminmax(x)
+    return torch.stack([lo, hi]).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 5), (97, 131), (4, 37, 41), (70001,)])
+def test_fold_equals_aminmax_then_ema(dtype, shape):
+    scratch, ticket = _state()
+    row = torch.zeros(2, device=DEVICE)
+    expected = row.clone()
+    for step in range(3):  # set, then two EMA steps with fresh batches
+        x = (torch.randn(shape, device=DEVICE) * (step + 1) + step).to(dtype)
+        expected = _torch_update(expected, _aminmax(x), first=step == 0)
+        minmax_fold_(x, row, scratch, ticket, BETA, first=step == 0)
+        assert_equal_verbose(row, expected, f"step {step}")
+        assert scratch.tolist() == [math.inf, -math.inf] and ticket.tolist() == [0, 0], "state not reset"
+
+
+def test_fold_reads_transposed_and_sliced_tensors():
+    base = torch.randn(6, 40, 24, device=DEVICE)
+    for view in (base.transpose(1, 2), base.permute(2, 0, 1), base[:, 3:17]):
+        scratch, ticket = _state()
+        row = torch.zeros(2, device=DEVICE)
+        minmax_fold_(view, row, scratch, ticket, BETA, first=True)
+        assert_equal_verbose(row, _aminmax(view))
+    assert dense_flat(base.transpose(1, 2)).data_ptr() == base.data_ptr()  # a permutation is read in place
+    assert dense_flat(base[:, 3:17]).is_contiguous()  # a slice with gaps is copied
+
+
+def test_fold_propagates_nan_and_inf():
+    x = torch.randn(5000, device=DEVICE)
+    x[1234] = math.inf
+    scratch, ticket = _state()
+    row = torch.zeros(2, device=DEVICE)
+    minmax_fold_(x, row, scratch, ticket, BETA, first=True)
+    assert row[1].item() == math.inf and row[0].item() == x.min().item()
+    x[4321] = math.nan
+    minmax_fold_(x, row, scratch, ticket, BETA, first=False)
+    assert torch.isnan(row).all(), "NaN in the batch must reach both bounds, as torch.aminmax"
+    assert scratch.tolist() == [math.inf, -math.inf] and ticket.tolist() == [0, 0]
+
+
+def test_pair_fold_equals_stack_then_ema():
+    row = torch.tensor([-1.7, 2.3], device=DEVICE)
+    for first in (True, False, False):
+        lo, hi = torch.randn((), device=DEVICE) - 3, torch.randn((), device=DEVICE) + 3
+        expected = _torch_update(row, torch.stack([lo, hi]), first)
+        pair_fold_(lo, hi, row, BETA, first)
+        assert_equal_verbose(row, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_folds_the_range_of_the_probabilities_it_returns(dtype):
+    scores = (torch.randn(2, 3, 37, 37, device=DEVICE) * 4).to(dtype)
+    allowed = torch.ones(37, 37, device=DEVICE, dtype=torch.bool).tril()
+    mask = torch.zeros(1, 1, 37, 37, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    for masked in (False, True):  # without a mask P's minimum is positive; with the causal mask it is 0
+        bounds = torch.tensor([[0.0, 1.0], [5.0, 6.0]], device=DEVICE)
+        scratch = torch.tensor([[math.inf, -math.inf]] * 2, device=DEVICE)
+        tickets = torch.zeros(2, 2, dtype=torch.int32, device=DEVICE)
+        p = fused_softmax(
+            scores, mask if masked else None, 0.125, dtype, RangeFold(bounds, scratch, tickets, 0, BETA, False)
+        )
+        assert_equal_verbose(bounds[0], _torch_update(torch.tensor([0.0, 1.0], device=DEVICE), _aminmax(p), False))
+        assert bounds[1].tolist() == [5.0, 6.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tracker_fold_on_cuda_equals_the_torch_path():
+    from otlib.layers import RangeTracker
+    from otlib.ops import force_reference
+
+    folded, plain = (RangeTracker(("x", "w", "out"), BETA, device="cuda") for _ in range(2))
+    for step in range(3):
+        x, w = torch.randn(64, 96, device="cuda").t() * (step + 1), torch.randn(48, 96, device="cuda")
+        acc = x.t() @ w.t()
+        lo, hi = acc.min(), acc.max()
+        folded.observe({0: x, 1: w}, training=True)
+        folded.update_pair(2, lo, hi)
+        with force_reference():
+            plain.observe({0: x, 1: w}, training=True)
+            plain.update_pair(2, lo, hi)
+        assert_equal_verbose(folded.bounds, plain.bounds, f"step {step}")
+        assert folded.initialised.all() and folded._initialised_host == [True] * 3
