@@ -95,6 +95,12 @@ def test_softmax_folds_the_range_of_the_probabilities_it_returns(dtype):
         )
         assert_equal_verbose(bounds[0], _torch_update(torch.tensor([0.0, 1.0], device=DEVICE), _aminmax(p), False))
         assert bounds[1].tolist() == [5.0, 6.0]
+    scores[1, 2, 5, 7] = float("nan")  # one NaN score: its row of P is NaN, and so is the range
+    bounds = torch.tensor([[0.0, 1.0]], device=DEVICE)
+    scratch = torch.tensor([[math.inf, -math.inf]], device=DEVICE)
+    tickets = torch.zeros(1, 2, dtype=torch.int32, device=DEVICE)
+    fused_softmax(scores, mask, 0.125, dtype, RangeFold(bounds, scratch, tickets, 0, BETA, False))
+    assert torch.isnan(bounds).all()
 
 
 @pytest.mark.gpu

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .utils import INTERPRET, LAUNCH_OPTS
 
-BLOCK = 4096  # elements per program per loop step
+BLOCK = 2048  # elements per program per loop step
 PROGRAMS_PER_SM = 4
 
 
