@@ -72,6 +72,20 @@ def test_gradients_are_straight_through(sa, sb):
     assert_close_verbose(bq.grad, bd.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_gqa_gradients_of_head_transposed_operands():
+    """Attention's layout: query/key views of [B, T, H, D] (not contiguous in the head dim), grouped heads."""
+    a_src, b_src = torch.randn(2, 17, 4, 16), torch.randn(2, 13, 2, 16)
+    ranges, rng = _state(a_src, b_src, 5.0, device="cpu")
+    aq, bq = a_src.clone().requires_grad_(), b_src.clone().requires_grad_()
+    c, _, _ = optical_matmul(aq.transpose(1, 2), bq.permute(0, 2, 3, 1), ranges, rng, levels=LEVELS, lut_min=LUT)
+    g = torch.randn_like(c)
+    c.backward(g)
+    ad, bd = a_src.clone().requires_grad_(), b_src.clone().requires_grad_()
+    torch.matmul(ad.transpose(1, 2), bd.permute(0, 2, 3, 1).repeat_interleave(2, dim=1)).backward(g)
+    assert_close_verbose(aq.grad, ad.grad, rtol=1e-5, atol=1e-5)
+    assert_close_verbose(bq.grad, bd.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_under_torch_compile_fullgraph():
     a, b = torch.randn(2, 4, 8, 16), torch.randn(2, 2, 16, 8)
     ranges, rng = _state(a, b, 5.0, device="cpu")

@@ -59,6 +59,18 @@ def _reduce_grad_b(g: Tensor, b: Tensor) -> Tensor:
     return g.sum_to_size(b.shape)
 
 
+def _stackable_groups(a: Tensor, b: Tensor) -> bool:
+    """a [..., H, M, K] and b [..., Hkv, K, N] with the same leading dims and H a multiple (> 1) of Hkv."""
+    return (
+        a.dim() >= 3
+        and a.dim() == b.dim()
+        and a.shape[:-3] == b.shape[:-3]
+        and b.shape[-3] > 0
+        and a.shape[-3] != b.shape[-3]
+        and a.shape[-3] % b.shape[-3] == 0
+    )
+
+
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0], inputs[1])
 
@@ -69,6 +81,15 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
         return None, None, None, None, None, None, None, None
     dt = grad_c.dtype
+    if _stackable_groups(a, b):
+        # GQA: the G query heads of one K/V head stack along the rows, [..., Hkv, G·M, K], so both gradients are
+        # one batched matmul per K/V head — no repeated copy of b, and gb comes out summed over the group.
+        hkv = b.shape[-3]
+        grad_g = grad_c.reshape(*grad_c.shape[:-3], hkv, -1, grad_c.shape[-1])
+        a_g = a.to(dt).reshape(*a.shape[:-3], hkv, -1, a.shape[-1])
+        ga = (grad_g @ b.to(dt).transpose(-1, -2)).view(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
+        gb = (a_g.transpose(-1, -2) @ grad_g).to(b.dtype) if ctx.needs_input_grad[1] else None
+        return ga, gb, None, None, None, None, None, None
     bx = expand_groups(a, b).to(dt)
     ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
     gb = _reduce_grad_b(a.to(dt).transpose(-1, -2) @ grad_c, b).to(b.dtype) if ctx.needs_input_grad[1] else None
