@@ -145,6 +145,26 @@ def test_grouped_batched_matmul_equals_per_head_products():
     assert_equal_verbose(c, per_head)  # the same tiles and MMA order per head: the batching changes nothing
 
 
+@pytest.mark.parametrize("readout", [True, False])
+def test_head_transposed_operands_equal_their_contiguous_copies(readout):
+    """Attention's layout: Q, K as views of [B, T, H, D] (Q·Kᵀ with b = Kᵀ), and V for P·V; the encoder reads
+    the 4-D views in place. Same results bit for bit as contiguous 5-D copies (encoded as [G, R, C])."""
+    q = torch.randn(2, 37, 6, 16, device=DEVICE).transpose(1, 2)  # [B, H, T, D], not contiguous
+    k = torch.randn(2, 29, 2, 16, device=DEVICE).transpose(1, 2)  # [B, Hkv, S, D]
+    v = torch.randn(2, 29, 2, 16, device=DEVICE).transpose(1, 2)
+    p = torch.rand(2, 6, 37, 29, device=DEVICE)
+    rng = torch.tensor([5, 3, 1], device=DEVICE)
+    for a, b in ((q, k.transpose(-1, -2)), (p, v)):
+        assert not b.is_contiguous()
+        ranges = _ranges(a, b, out=2.0)
+        got = optical_matmul_fwd(a, b, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=a.dtype, raw_a=False)
+        a5, b5 = a.contiguous().unsqueeze(0), b.contiguous().unsqueeze(0)
+        want = optical_matmul_fwd(a5, b5, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=a.dtype, raw_a=False)
+        assert_equal_verbose(got[0], want[0].squeeze(0))
+        for g, w in zip(got[1:], want[1:], strict=True):
+            assert_equal_verbose(g, w)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("readout", [True, False])
 @pytest.mark.parametrize(("m", "k", "n"), [(40, 72, 16), (33, 100, 130)])  # K and M off the tiles; N > one tile

@@ -358,12 +358,12 @@ def optical_matmul_fwd(
     if raw_a:
         a3 = a3.contiguous()  # no copy where raw_a_pays
         a_codes, a_sums = a3, None
-    else:
-        a_codes, a_sums = operand_codes(a3, ranges, 0, n, minmax=minmax)
-    # b as [G, N, K]: codes come out K-contiguous, as the GEMM's tiles are read; with raw a, this launch sets the
-    # accumulator range's initial (+inf, −inf)
-    b3 = b.reshape(math.prod(lead_b), K, N).transpose(1, 2)
-    b_codes, b_sums = operand_codes(b3, ranges, 1, n, lut_min=lut_min, minmax=minmax if raw_a else None)
+    else:  # a 4-D operand is encoded in place (the encoder takes [B, H, R, C] strides): no copy of a view
+        a_codes, a_sums = operand_codes(a if a.dim() == 4 else a3, ranges, 0, n, minmax=minmax)
+    # b as [G, N, K] (or [B, H, N, K]): codes come out K-contiguous, as the GEMM's tiles are read; with raw a, this
+    # launch sets the accumulator range's initial (+inf, −inf)
+    b_nk = b.transpose(-1, -2) if b.dim() == 4 else b.reshape(math.prod(lead_b), K, N).transpose(1, 2)
+    b_codes, b_sums = operand_codes(b_nk, ranges, 1, n, lut_min=lut_min, minmax=minmax if raw_a else None)
     group = 1
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]

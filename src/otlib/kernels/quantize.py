@@ -159,10 +159,12 @@ def _operand_codes_kernel(
     row,
     lam_bits,
     eps_bits,
-    # sizes and strides of x viewed as [G, R, C]
+    # sizes and strides of x viewed as [B, H, R, C] (program g along axis 1 is b = g // H, h = g % H)
+    H,
     R,
     C,
-    stride_g,
+    stride_b,
+    stride_h,
     stride_r,
     stride_c,
     n_f,
@@ -185,7 +187,9 @@ def _operand_codes_kernel(
         code_pos, code_neg = lut_codes(pos, neg, s, c)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < R
-    x_rows = x_ptr + g.to(tl.int64) * stride_g + offs_r[:, None].to(tl.int64) * stride_r
+    b = g // H
+    x_head = x_ptr + b.to(tl.int64) * stride_b + (g - b * H).to(tl.int64) * stride_h
+    x_rows = x_head + offs_r[:, None].to(tl.int64) * stride_r
     out_rows = (g.to(tl.int64) * R + offs_r[:, None].to(tl.int64)) * C
     code_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -212,14 +216,17 @@ def operand_codes(
     lut_min: float | None = None,
     minmax: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode x viewed as [G, R, C] (any strides; C is the reduction dim) → (fp16 codes [G, R, C] contiguous,
-    fp32 sums [G, R] = Σ_c codes).
+    """Encode x [G, R, C] or [B, H, R, C] (any strides; C is the reduction dim; G = B·H) → (fp16 codes [G, R, C]
+    contiguous, fp32 sums [G, R] = Σ_c codes). A 4-D x is read in place: attention's head-transposed query, key
+    and value need no contiguous copy first.
 
     ranges: contiguous fp32 [rows, 2] (lo, hi) on the device; `row` is this operand's. lut_min: the LUT floor
     λ (the SLM operand B only; None = off). minmax: two fp32 0-d tensors this launch sets to (+inf, −inf) for the
     GEMM's range atomics.
     """
-    G, R, C = x.shape
+    x4 = x if x.dim() == 4 else x.unsqueeze(1)
+    B, H, R, C = x4.shape
+    G = B * H
     codes = torch.empty((G, R, C), dtype=torch.float16, device=x.device)
     sums = torch.empty((G, R), dtype=torch.float32, device=x.device)
     if G * R == 0:
@@ -235,9 +242,10 @@ def operand_codes(
         row,
         f64_bits(lut_min or 0.0),
         EPS_BITS,
+        H,
         R,
         C,
-        *x.stride(),
+        *x4.stride(),
         float(n),
         LUT=lut_min is not None,
         INIT_MINMAX=minmax is not None,
