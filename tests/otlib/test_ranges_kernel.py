@@ -121,3 +121,29 @@ def test_tracker_fold_on_cuda_equals_the_torch_path():
             plain.update_pair(2, lo, hi)
         assert_equal_verbose(folded.bounds, plain.bounds, f"step {step}")
         assert folded.initialised.all() and folded._initialised_host == [True] * 3
+
+
+def test_tracker_fold_compiles_to_the_mutating_custom_ops(monkeypatch):
+    """Under torch.compile the folds are the custom ops otlib::minmax_fold / otlib::pair_fold (traced through
+    AOTAutograd's functionalisation with aot_eager); here the kernels run interpreted on CPU tensors."""
+    import otlib.layers.ranges as ranges_module
+    from otlib.layers import RangeTracker
+
+    monkeypatch.setattr(ranges_module, "use_kernels", lambda t, levels=2: True)  # the CUDA path, on any device
+    tracker = RangeTracker(("x", "w", "out"), BETA, device=DEVICE)
+
+    def step(x, w, lo, hi):
+        tracker.observe({0: x, 1: w}, training=True)
+        tracker.update_pair(2, lo, hi)
+        return tracker.bounds * 1.0
+
+    expected = torch.zeros(3, 2, device=DEVICE)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    for i in range(3):  # step 0 sets the rows (eager: the host mirror flips), then two compiled EMA steps
+        x, w = torch.randn(40, 24, device=DEVICE) * (i + 1), torch.randn(16, 24, device=DEVICE)
+        lo, hi = torch.randn((), device=DEVICE) - 2, torch.randn((), device=DEVICE) + 2
+        for row, stats in enumerate((_aminmax(x), _aminmax(w), torch.stack([lo, hi]))):
+            expected[row] = _torch_update(expected[row], stats, first=i == 0)
+        got = (step if i == 0 else compiled)(x, w, lo, hi)
+        assert_equal_verbose(got, expected, f"step {i}")
+        assert_equal_verbose(tracker.bounds, expected, f"step {i} (buffer)")
