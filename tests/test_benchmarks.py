@@ -13,6 +13,7 @@ SCRIPTS = {
     "bench_optical_linear": ["--tokens", "64"],
     "bench_attention": ["--block", "32"],
     "bench_gemm_configs": [],
+    "bench_statistics": ["--heads", "2", "--warps", "1"],
     "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
     "profile_optical_linear": ["--tokens", "64"],
     "profile_training_step": ["--model", "60m", "--modes", "optical"],
