@@ -72,6 +72,14 @@ def test_fold_propagates_nan_and_inf():
     assert scratch.tolist() == [math.inf, -math.inf] and ticket.tolist() == [0, 0]
 
 
+def test_fold_refuses_an_empty_tensor():
+    scratch, ticket = _state()
+    row = torch.tensor([-1.0, 1.0], device=DEVICE)
+    with pytest.raises(ValueError, match="empty tensor"):
+        minmax_fold_(torch.empty(0, 8, device=DEVICE), row, scratch, ticket, BETA, first=False)
+    assert row.tolist() == [-1.0, 1.0]
+
+
 def test_pair_fold_equals_stack_then_ema():
     row = torch.tensor([-1.7, 2.3], device=DEVICE)
     for first in (True, False, False):

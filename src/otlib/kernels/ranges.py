@@ -130,6 +130,8 @@ def minmax_fold_(
     the row's reduction state; they are back to those values when the kernel ends."""
     flat = dense_flat(x)
     numel = flat.numel()
+    if numel == 0:  # an empty batch has no range (torch.aminmax raises too); folding (+inf, −inf) would poison the row
+        raise ValueError(f"minmax_fold_: cannot take the range of an empty tensor of shape {tuple(x.shape)}")
     programs = max(1, min(triton.cdiv(numel, BLOCK), _max_programs(x.device)))
     _minmax_fold_kernel[(programs,)](
         flat,
