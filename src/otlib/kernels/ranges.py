@@ -33,7 +33,17 @@ def _ema(old, stat, beta, alpha):
 
 
 @triton.jit
-def fold_minmax(lo, hi, has_nan, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, num_programs):
+def _update_row(row_ptr, lo, hi, beta, alpha, first):
+    """The row's update from the batch range (lo, hi): set it when first != 0, else the EMA."""
+    if first == 0:
+        lo = _ema(tl.load(row_ptr), lo, beta, alpha)
+        hi = _ema(tl.load(row_ptr + 1), hi, beta, alpha)
+    tl.store(row_ptr, lo)
+    tl.store(row_ptr + 1, hi)
+
+
+@triton.jit
+def _fold_program_range(lo, hi, has_nan, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, num_programs):
     """Fold one program's (lo, hi, has_nan) into the grid's; the last program updates the bounds row.
 
     row_ptr: fp32 (lo, hi) of the tracker row; scratch_ptr: fp32 (+inf, −inf) between calls; ticket_ptr:
@@ -55,11 +65,7 @@ def fold_minmax(lo, hi, has_nan, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, 
         tl.store(ticket_ptr + 1, 0)
         batch_lo = tl.where(nan != 0, float("nan"), batch_lo)
         batch_hi = tl.where(nan != 0, float("nan"), batch_hi)
-        if first == 0:
-            batch_lo = _ema(tl.load(row_ptr), batch_lo, beta, alpha)
-            batch_hi = _ema(tl.load(row_ptr + 1), batch_hi, beta, alpha)
-        tl.store(row_ptr, batch_lo)
-        tl.store(row_ptr + 1, batch_hi)
+        _update_row(row_ptr, batch_lo, batch_hi, beta, alpha, first)
 
 
 @triton.jit
@@ -76,7 +82,7 @@ def _minmax_fold_kernel(x_ptr, numel, row_ptr, scratch_ptr, ticket_ptr, beta, al
         lo = tl.minimum(lo, tl.where(ok, x, float("inf")))
         hi = tl.maximum(hi, tl.where(ok, x, float("-inf")))
         nan = nan | (x != x).to(tl.int32)
-    fold_minmax(
+    _fold_program_range(
         tl.min(lo, axis=0), tl.max(hi, axis=0), tl.max(nan, axis=0), row_ptr, scratch_ptr, ticket_ptr,
         beta, alpha, first, programs,
     )  # fmt: skip
@@ -85,13 +91,7 @@ def _minmax_fold_kernel(x_ptr, numel, row_ptr, scratch_ptr, ticket_ptr, beta, al
 @triton.jit
 def _fold_pair_kernel(lo_ptr, hi_ptr, row_ptr, beta, alpha, first):
     """The update of one row from two fp32 scalars already reduced (a product's accumulator range)."""
-    lo = tl.load(lo_ptr)
-    hi = tl.load(hi_ptr)
-    if first == 0:
-        lo = _ema(tl.load(row_ptr), lo, beta, alpha)
-        hi = _ema(tl.load(row_ptr + 1), hi, beta, alpha)
-    tl.store(row_ptr, lo)
-    tl.store(row_ptr + 1, hi)
+    _update_row(row_ptr, tl.load(lo_ptr), tl.load(hi_ptr), beta, alpha, first)
 
 
 def _fp32(v: float) -> float:

@@ -60,9 +60,13 @@ def exact_quantiles(t: Tensor, quantiles: tuple[float, float]) -> Tensor:
     return torch.stack(out)
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _all_reduce(stats: Tensor, use_mean: bool) -> Tensor:
     """Combine per-rank batch statistics [..., 2] of (lo, hi): MIN/MAX for extrema, the mean for quantiles."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return stats
     if use_mean:
         stats = stats.clone()
@@ -129,7 +133,7 @@ class RangeTracker(nn.Module):
     def fold_target(self, row: int, like: Tensor) -> RangeFold | None:
         """The row as a device-fold target for a training update from tensors like `like`, or None where the
         fold does not apply (not CUDA, quantile statistics, several processes: those take `update`)."""
-        if self.quantiles is not None or not use_kernels(like) or (dist.is_available() and dist.is_initialized()):
+        if self.quantiles is not None or not use_kernels(like) or _distributed():
             return None
         return RangeFold(
             self.bounds, self.scratch, self.tickets, row, self.smooth_factor, not self._initialised_host[row]
@@ -184,9 +188,8 @@ class RangeTracker(nn.Module):
             self.bounds[first:last].mul_(beta).add_(stats, alpha=1.0 - beta)
         else:
             self.bounds[first:last].copy_(stats)
-            self.initialised[first:last].fill_(True)  # fill_, not `= True`: that copies host → device (a sync)
             for row in rows:
-                self._initialised_host[row] = True
+                self.mark_set(row)
 
     def observe(self, operands: Mapping[int, Tensor], training: bool) -> Tensor:
         """Ranges for one call, fp32 [n, 2], given the call's operand tensors by row.
