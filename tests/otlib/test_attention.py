@@ -169,3 +169,47 @@ def test_autocast_stores_p_in_the_product_dtype():
     (out_autocast, p_autocast), (out_bf16, p_bf16) = results
     assert p_autocast.dtype == p_bf16.dtype == torch.bfloat16
     assert torch.equal(p_autocast, p_bf16) and torch.equal(out_autocast, out_bf16)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+        ),
+    ],
+)
+@pytest.mark.parametrize("kernels", [False, True])
+def test_causal_skip_of_masked_scores_changes_nothing(monkeypatch, device, kernels):
+    """A causal module's Q·Kᵀ leaves the scores above the diagonal 0 (not read out): P, the output, the gradients
+    and the range statistics equal those of the full product bit for bit — with a fully masked (left-padded)
+    query row too. T = 160 gives tiles wholly above the diagonal; kernels=True runs the Triton path
+    (interpreted on CPU)."""
+    import sys
+
+    if kernels:
+        pytest.importorskip("triton", reason="Triton is not installed")
+        if device == "cpu" and torch.cuda.is_available():
+            pytest.skip("Triton compiles for the GPU here: CPU tensors run the kernels only under the interpreter")
+        for name in ("otlib.ops.optical_matmul", "otlib.ops.softmax"):
+            monkeypatch.setattr(sys.modules[name], "use_kernels", lambda t, levels=2: True)
+    t_len = 160
+    q = torch.randn(B, H, t_len, D, device=device)
+    k, v = torch.randn(B, HKV, t_len, D, device=device), torch.randn(B, HKV, t_len, D, device=device)
+    masked = torch.ones(t_len, t_len, dtype=torch.bool, device=device).triu(1).repeat(B, 1, 1, 1)
+    masked[0, :, :, :3] = True  # batch 0 left-padded by 3: its first three query rows are fully masked
+    mask = torch.zeros(masked.shape, device=device).masked_fill(masked, torch.finfo(torch.float32).min)
+    grad_out = torch.randn(B, t_len, H, D, device=device)
+    results = []
+    for is_causal in (True, False):
+        module = _attention().to(device).train()
+        module.is_causal = is_causal
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, probs = optical_attention_forward(module, *inputs, mask, scaling=SCALING)
+        out.backward(grad_out)
+        results.append([out, probs, *(t.grad for t in inputs), *module.optical_attention.state_dict().values()])
+    assert results[0][1][0, 0, 0].eq(1 / t_len).all()  # the padded row: uniform over every key, as eager's
+    for got, expected in zip(*results, strict=True):
+        assert torch.equal(got, expected)

@@ -47,6 +47,32 @@ def test_kernel_matches_reference(sa, sb, numerics, calibrate_out):
     assert_readout_close(c, r, (hi - lo) / (LEVELS - 1))
 
 
+CAUSAL_SHAPES = [
+    # GQA; some tiles lie wholly above the diagonal (no read-out), some straddle it (N − M = 10: not a tile multiple)
+    ((1, 2, 150, 16), (1, 1, 16, 160)),
+    ((2, 9, 16), (2, 16, 41)),  # more keys than queries (a cache): the diagonal shifts by N − M
+    ((33, 20), (20, 17)),  # more rows than columns
+]
+
+
+@pytest.mark.parametrize(("sa", "sb"), CAUSAL_SHAPES)
+@pytest.mark.parametrize(("numerics", "calibrate_out"), [("fixed", False), ("fixed", True), ("mase", False)])
+def test_causal_is_the_full_product_zeroed_above_the_diagonal(sa, sb, numerics, calibrate_out):
+    """causal=True changes only the entries above the causal diagonal (to 0): the others read out the same,
+    bit for bit, and the range covers every product — kernels (interpreted on CPU) and reference alike."""
+    a, b = torch.randn(sa, device=DEVICE), torch.randn(sb, device=DEVICE) / sb[-2] ** 0.5
+    ranges, rng = _state(a, b, 2.0)
+    kw = {"levels": LEVELS, "lut_min": LUT, "numerics": numerics, "calibrate_out": calibrate_out}
+    for impl in (_kernel, optical_matmul_ref):
+        full, full_min, full_max = impl(a, b, ranges, rng, **kw)
+        c, c_min, c_max = impl(a, b, ranges, rng, **kw, causal=True)
+        M, N = c.shape[-2:]
+        above = torch.ones(M, N, dtype=torch.bool, device=c.device).triu(N - M + 1)
+        assert above.any() and not above.all()
+        assert torch.equal(c, full.masked_fill(above, 0)), impl.__name__
+        assert torch.equal(c_min, full_min) and torch.equal(c_max, full_max), impl.__name__
+
+
 def test_reference_is_close_to_matmul():
     a, b = torch.randn(2, 4, 17, 16), torch.randn(2, 2, 16, 17) / 4
     ranges, rng = _state(a, b, 6.0, device="cpu")
@@ -104,9 +130,11 @@ def test_under_torch_compile_fullgraph():
 def test_opcheck():
     a, b = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 8, 6)
     ranges, rng = _state(a, b, 5.0, device="cpu")
-    torch.library.opcheck(
-        torch.ops.otlib.optical_matmul.default, (a.requires_grad_(), b, ranges, rng, LEVELS, LUT, "fixed", False)
-    )
+    for causal in (False, True):
+        torch.library.opcheck(
+            torch.ops.otlib.optical_matmul.default,
+            (a.requires_grad_(), b, ranges, rng, LEVELS, LUT, "fixed", False, causal),
+        )
 
 
 def test_mase_counter_does_not_advance():

@@ -10,6 +10,7 @@ Algorithm (per call; docs/numerics.md "Level-code GEMM"):
         acc = s_a·(c_b·Σa + s_b·D) + c_a·Σ_k Qb      fp32; Σ_k Qb = K·c_b + s_b·Σb per column
         range observation: atomic min/max of acc into two fp32 scalars
         READOUT: y = Q_stoch(acc; out range) with Philox at the flat output index, + bias; else store acc
+        CAUSAL: y = 0 above the causal diagonal (column > row + N − M); tiles wholly above skip the read-out
 With few N tiles (attention's P·V) the GEMM encodes A's tiles itself in the K loop (A_RAW): the same codes
 and sums, without the encoder's pass over A. An element of a at level 0 adds exactly nothing where lo_a = 0
 (attention's softmax probabilities): then z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak
@@ -76,7 +77,7 @@ def autotune_configs() -> list[triton.Config]:
     return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT", "A_RAW"])
+@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT", "A_RAW", "CAUSAL"])
 @triton.heuristics(
     {"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"]), "PHILOX_TILE": lambda args: _philox_tile(args["N"])}
 )
@@ -116,6 +117,7 @@ def _optical_gemm_kernel(
     READOUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     A_RAW: tl.constexpr,
+    CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -196,24 +198,56 @@ def _optical_gemm_kernel(
     tile_start = bid.to(tl.int64) * M * N + (pid_m * BLOCK_M).to(tl.int64) * N + pid_n * BLOCK_N
     tile_offs = rows[:, None] * N + cols[None, :]
     out = val
-    if READOUT:
-        seed = tl.load(rng_ptr + 0)
-        counter = tl.load(rng_ptr + 1)
-        stream = tl.load(rng_ptr + 2)
-        if PHILOX_TILE:  # four consecutive elements of a row share one Philox evaluation (counter = index / 4)
-            ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
-            u = philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N)
+    if READOUT and CAUSAL:
+        # a causal mask discards the scores above the diagonal: they are 0, and a tile wholly above it skips
+        # the read-out (its products were formed and observed above: the range is over all of them)
+        if pid_n * BLOCK_N > pid_m * BLOCK_M + BLOCK_M - 1 + (N - M):
+            out = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         else:
-            u = philox_uniform(seed, tile_start + tile_offs, counter, stream)
-        # read-out: the reference's quantizer, except that t multiplies by n / (hi − lo + 1e-8) instead of
-        # dividing (≤ 1 ulp of t, far below the accumulator's own summation-order difference; docs/numerics.md)
-        lo, hi, div, width = range_params(ranges_ptr, 2, eps_bits)
-        t = (tl.minimum(tl.maximum(val, lo), hi) - lo) * tl.math.div_rn(n_f, div)
-        k = tl.minimum(tl.maximum(round_half_even(t + (u - 0.5)), 0.0), n_f)
-        out = level_value(k, width, lo, n_f)
+            above = offs_n[None, :] > offs_m[:, None] + (N - M)
+            y = _readout_tile(
+                val, rng_ptr, ranges_ptr, eps_bits, n_f, tile_start, tile_offs, rows, N, BLOCK_M, BLOCK_N, PHILOX_TILE
+            )
+            out = tl.where(above, 0.0, y)
+    elif READOUT:
+        out = _readout_tile(
+            val, rng_ptr, ranges_ptr, eps_bits, n_f, tile_start, tile_offs, rows, N, BLOCK_M, BLOCK_N, PHILOX_TILE
+        )
         if HAS_BIAS:
             out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=valid)
+
+
+@triton.jit
+def _readout_tile(
+    val,
+    rng_ptr,
+    ranges_ptr,
+    eps_bits,
+    n_f,
+    tile_start,
+    tile_offs,
+    rows,
+    N,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PHILOX_TILE: tl.constexpr,
+):
+    """Q_stoch of a tile's accumulator values with the out range, Philox at the flat output index."""
+    seed = tl.load(rng_ptr + 0)
+    counter = tl.load(rng_ptr + 1)
+    stream = tl.load(rng_ptr + 2)
+    if PHILOX_TILE:  # four consecutive elements of a row share one Philox evaluation (counter = index / 4)
+        ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
+        u = philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N)
+    else:
+        u = philox_uniform(seed, tile_start + tile_offs, counter, stream)
+    # the reference's quantizer, except that t multiplies by n / (hi − lo + 1e-8) instead of dividing (≤ 1 ulp
+    # of t, far below the accumulator's own summation-order difference; docs/numerics.md)
+    lo, hi, div, width = range_params(ranges_ptr, 2, eps_bits)
+    t = (tl.minimum(tl.maximum(val, lo), hi) - lo) * tl.math.div_rn(n_f, div)
+    k = tl.minimum(tl.maximum(round_half_even(t + (u - 0.5)), 0.0), n_f)
+    return level_value(k, width, lo, n_f)
 
 
 def optical_gemm(
@@ -228,6 +262,7 @@ def optical_gemm(
     *,
     readout: bool,
     out_dtype: torch.dtype,
+    causal: bool = False,
     config: dict | None = None,
 ) -> torch.Tensor:
     """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
@@ -235,7 +270,8 @@ def optical_gemm(
     GEMM encodes A's tiles in its K loop (worth it where few N tiles re-read them: raw_a_pays). ranges:
     contiguous fp32 [3, 2] (lo, hi) of (a, b, out); b's LUT floor is already in its codes.
 
-    readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. minmax: fp32 0-d tensors
+    readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. causal (with readout): c is 0
+    above the causal diagonal (column > row + N − M), where a causal mask discards it. minmax: fp32 0-d tensors
     holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range; set here when c is empty.
     config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
     """
@@ -276,7 +312,7 @@ def optical_gemm(
         b_sums.stride(0),
         b_sums.stride(1),
     )
-    flags = {"READOUT": readout, "HAS_BIAS": bias is not None, "A_RAW": a_raw}
+    flags = {"READOUT": readout, "HAS_BIAS": bias is not None, "A_RAW": a_raw, "CAUSAL": causal and readout}
     key = _config_key(M, N, K, c.dtype, **flags)
     meta = config or _chosen_configs.get(key)
     if meta is None:  # first call for this key: the autotuner picks, then later calls skip its wrappers
@@ -290,17 +326,34 @@ def optical_gemm(
 
 
 def _config_key(
-    M: int, N: int, K: int, out_dtype: torch.dtype, *, READOUT: bool, HAS_BIAS: bool, A_RAW: bool = False
+    M: int,
+    N: int,
+    K: int,
+    out_dtype: torch.dtype,
+    *,
+    READOUT: bool,
+    HAS_BIAS: bool,
+    A_RAW: bool = False,
+    CAUSAL: bool = False,
 ) -> tuple:
     """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
-    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS, A_RAW)
+    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL)
 
 
 def chosen_config(
-    M: int, N: int, K: int, out_dtype: torch.dtype, *, readout: bool, has_bias: bool, raw_a: bool = False
+    M: int,
+    N: int,
+    K: int,
+    out_dtype: torch.dtype,
+    *,
+    readout: bool,
+    has_bias: bool,
+    raw_a: bool = False,
+    causal: bool = False,
 ) -> dict | None:
     """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
-    return _chosen_configs.get(_config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a))
+    key = _config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a, CAUSAL=causal)
+    return _chosen_configs.get(key)
 
 
 def _grid(M: int, N: int, batch: int):
@@ -343,11 +396,13 @@ def optical_matmul_fwd(
     readout: bool,
     out_dtype: torch.dtype,
     raw_a: bool | None = None,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, acc min, acc max).
 
     ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out). readout: c is the read-out, else the fp32 accumulator.
     raw_a: the GEMM encodes a itself (None: where raw_a_pays). The results are the same bit for bit.
+    causal (with readout): c is 0 above the causal diagonal, and tiles wholly above it are not read out.
     """
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
@@ -379,5 +434,7 @@ def optical_matmul_fwd(
     a_enc = (fold(a_codes, lead_a, h, [M, K]), None if raw_a else fold(a_sums, lead_a, h, [M]))
     hb = h // group
     b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N]))
-    c = optical_gemm(a_enc, b_enc, group, None, ranges, rng, n, minmax, readout=readout, out_dtype=out_dtype)
+    c = optical_gemm(
+        a_enc, b_enc, group, None, ranges, rng, n, minmax, readout=readout, out_dtype=out_dtype, causal=causal
+    )
     return c.view(*lead, M, N), minmax[0], minmax[1]

@@ -132,6 +132,12 @@ def optical_attention_forward(
             qk_ranges = qk_ranges.clone()
             qk_ranges[OUT] = stats
         calibrate_qk = False
+    # A causal module's mask discards every score above the diagonal (finfo.min added, P exactly 0 there or,
+    # in a fully masked row, uniform either way): the product skips their read-out (benchmarks/NOTES.md 29).
+    is_causal = kwargs.get("is_causal")
+    causal = attention_mask is not None and bool(
+        getattr(module, "is_causal", False) if is_causal is None else is_causal
+    )
     scores, s_min, s_max = ops.optical_matmul(
         query,
         key_t,
@@ -141,6 +147,7 @@ def optical_attention_forward(
         lut_min=cfg.q_lut_min,
         numerics=state.numerics,
         calibrate_out=calibrate_qk,
+        causal=causal,
     )
     if training and not mase:  # the unscaled accumulator, every step
         state.qk.update_pair(OUT, s_min, s_max)

@@ -10,7 +10,7 @@ formed on the device, and the quantize kernel does the read-out — still no hos
 import torch
 from torch import Tensor
 
-from .reference import quant_params
+from .reference import quant_params, zero_above_diagonal_
 
 
 def _readout(
@@ -106,6 +106,7 @@ def matmul_kernel_path(
     lut_min: float | None,
     numerics: str,
     calibrate_out: bool,
+    causal: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_matmul import optical_matmul_fwd
 
@@ -120,9 +121,11 @@ def matmul_kernel_path(
         lut_min=lut_min,
         readout=fused,
         out_dtype=a.dtype,
+        causal=causal,
     )
-    if fused:
+    if fused:  # the GEMM zeroed what lies above the diagonal (causal), without reading it out
         return out, acc_min, acc_max
-    return _readout(
+    c, cmin, cmax = _readout(
         out, acc_min, acc_max, None, ranges, rng, n, numerics=numerics, calibrate_out=calibrate_out, act_dtype=a.dtype
     )
+    return (zero_above_diagonal_(c) if causal else c), cmin, cmax

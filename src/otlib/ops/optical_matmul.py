@@ -35,18 +35,29 @@ def _forward(
     lut_min: float | None,
     numerics: str,
     calibrate_out: bool,
+    causal: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     impl = matmul_kernel_path if use_kernels(a, levels) else optical_matmul_ref
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(a.device.type, enabled=False):
-        return impl(a, b, ranges, rng, levels=levels, lut_min=lut_min, numerics=numerics, calibrate_out=calibrate_out)
+        return impl(
+            a,
+            b,
+            ranges,
+            rng,
+            levels=levels,
+            lut_min=lut_min,
+            numerics=numerics,
+            calibrate_out=calibrate_out,
+            causal=causal,
+        )
 
 
 _optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, mutates_args=())
 
 
 @_optical_matmul_op.register_fake
-def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out):
+def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal):
     c = a.new_empty(_out_shape(a, b))
     stat = a.new_empty((), dtype=torch.float32)
     return c, stat, stat.clone()
@@ -79,7 +90,7 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     # Straight-through: identity quantizers, so these are torch.matmul's gradients.
     a, b = ctx.saved_tensors
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
-        return None, None, None, None, None, None, None, None
+        return (None,) * 9
     dt = grad_c.dtype
     if _stackable_groups(a, b):
         # GQA: the G query heads of one K/V head stack along the rows, [..., Hkv, G·M, K], so both gradients are
@@ -89,11 +100,11 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
         a_g = a.to(dt).reshape(*a.shape[:-3], hkv, -1, a.shape[-1])
         ga = (grad_g @ b.to(dt).transpose(-1, -2)).view(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
         gb = (a_g.transpose(-1, -2) @ grad_g).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return ga, gb, None, None, None, None, None, None
+        return ga, gb, *(None,) * 7
     bx = expand_groups(a, b).to(dt)
     ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
     gb = _reduce_grad_b(a.to(dt).transpose(-1, -2) @ grad_c, b).to(b.dtype) if ctx.needs_input_grad[1] else None
-    return ga, gb, None, None, None, None, None, None
+    return ga, gb, *(None,) * 7
 
 
 _optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
@@ -112,11 +123,15 @@ def optical_matmul(
     lut_min: float | None,
     numerics: str = "fixed",
     calibrate_out: bool = False,
+    causal: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical batched matmul: a [..., M, K] @ b [..., K, N] → (c in a's dtype, out_min, out_max).
 
     ranges fp32 [3, 2] rows (a, b, out) of (lo, hi); rng int64 [3] = (seed, call counter, stream).
     out_min/out_max: fp32 0-d min/max of the pre-quantization accumulator (mase: of the quantized output).
+    causal: c is 0 above the causal diagonal (column > row + N − M), the entries a causal mask discards; the
+    GEMM skips their read-out. The range still covers every product, and the gradients are those of the
+    full product (straight-through), so a causal softmax of c gives what it gives without `causal`.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """
@@ -133,4 +148,4 @@ def optical_matmul(
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
-    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out)
+    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal)

@@ -125,6 +125,12 @@ def expand_groups(a: Tensor, b: Tensor) -> Tensor:
     return b
 
 
+def zero_above_diagonal_(c: Tensor) -> Tensor:
+    """c [..., M, N] with its entries above the causal diagonal (column > row + N − M) set to 0, in place."""
+    M, N = c.shape[-2:]
+    return c.masked_fill_(torch.ones(M, N, dtype=torch.bool, device=c.device).triu_(N - M + 1), 0)
+
+
 def optical_matmul_ref(
     a: Tensor,
     b: Tensor,
@@ -135,12 +141,17 @@ def optical_matmul_ref(
     lut_min: float | None,
     numerics: str,
     calibrate_out: bool,
+    causal: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """C = Q_stoch(Q_det(A) · LUT(Q_det(B)); out range), batched over broadcast leading dims."""
+    """C = Q_stoch(Q_det(A) · LUT(Q_det(B)); out range), batched over broadcast leading dims; causal: C is 0
+    above the causal diagonal (after the range observation, which covers every product)."""
     n = levels - 1
     qa = quantize_core(a.float(), quant_params(ranges[0, 0], ranges[0, 1], None, a.device), n)
     qb = quantize_core(
         b.float(), quant_params(ranges[1, 0], ranges[1, 1], lut_min, a.device), n, lut=lut_min is not None
     )
     acc = torch.matmul(qa, expand_groups(qa, qb)).contiguous()
-    return readout_ref(acc, None, ranges[2], rng, n, numerics=numerics, calibrate_out=calibrate_out, act_dtype=a.dtype)
+    c, cmin, cmax = readout_ref(
+        acc, None, ranges[2], rng, n, numerics=numerics, calibrate_out=calibrate_out, act_dtype=a.dtype
+    )
+    return (zero_above_diagonal_(c) if causal else c), cmin, cmax
