@@ -13,7 +13,10 @@ from otlib.ops.philox import philox_uniform
 from otlib.ops.reference import quantize_core
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
+import triton.language as tl  # noqa: E402
+
 from otlib.kernels.quantize import quantize_fwd  # noqa: E402
+from otlib.kernels.utils import scaled_position  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -173,3 +176,71 @@ def test_level_division_without_ieee_divide_is_correctly_rounded():
             if q != np.float32(k) / np.float32(n):
                 bad.append((k, n))
     assert not bad, bad[:10]
+
+
+TINY_QUOTIENT = 2.0**-60  # below it, t = q·n < 2⁻⁵² gives level 0 with or without dither
+
+
+def _divisors(count: int) -> list[np.float32]:
+    """Divisors over the range scaled_position checks: random magnitudes and mantissas, its two ends, and
+    mantissas next to powers of two."""
+    from otlib.kernels.utils import QUOTIENT_MAX_DIV, QUOTIENT_MIN_DIV
+
+    lo, hi = QUOTIENT_MIN_DIV.value, QUOTIENT_MAX_DIV.value
+    rs = np.random.default_rng(1)
+    ds = [np.float32(v) for v in 2.0 ** rs.uniform(np.log2(lo), np.log2(hi), count)]
+    ds += [np.float32(v) for v in (lo, hi, 1.0, 1e-8, 1.00000001, 0.93, 1 / 3, 255.0)]
+    ds += [np.nextafter(np.float32(2.0**e), np.float32(0)) for e in (-20, 0, 1, 40)]
+    return ds
+
+
+def test_reciprocal_quotient_equals_ieee_division_sampled():
+    # The compiled encoders' quotient c / d (kernels/utils.py scaled_position): y = RN(1/d), q = RN(c·y), then
+    # twice q = fma(fma(−q, d, c), y, q). Against numpy's IEEE fp32 division, FMAs emulated exactly, for c
+    # sampled over [0, d] (uniform in the bits: every binade from the subnormals up): equal bit for bit, or
+    # both below 2⁻⁶⁰. The GPU test below runs every fp32 c ∈ [0, d].
+    def fma(a, b, c):
+        return _round_fp32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+    rs = np.random.default_rng(0)
+    bad = []
+    for d in _divisors(24):
+        top = int(np.array(d).view(np.int32))
+        bits = np.concatenate([rs.integers(0, top + 1, 200), [0, 1, 2**23, top - 1, top]]).astype(np.int32)
+        y = np.float32(1) / d
+        for c in bits.view(np.float32):
+            q = np.float32(c * y)
+            q = fma(fma(-q, d, c), y, q)
+            q = fma(fma(-q, d, c), y, q)
+            ieee = c / d
+            if q != ieee and not (0 <= q < TINY_QUOTIENT and ieee < TINY_QUOTIENT):
+                bad.append((float(c), float(d), float(q), float(ieee)))
+    assert not bad, bad[:5]
+
+
+@triton.jit
+def _quotient_check_kernel(d_ptr, bad_ptr, top_bits, BLOCK: tl.constexpr):
+    """Count the c ∈ [0, d] (fp32 bits 0..top_bits) whose scaled_position differs from the IEEE one."""
+    d = tl.load(d_ptr)
+    bits = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    c = bits.to(tl.int32).to(tl.float32, bitcast=True)
+    t = scaled_position(c, 0.0, d, d, 255.0)
+    ieee = tl.math.div_rn(c, tl.zeros_like(c) + d) * 255.0
+    tiny = (t >= 0.0) & (t < 2.0**-60 * 255.0) & (ieee < 2.0**-60 * 255.0)
+    bad = (bits <= top_bits) & (t.to(tl.int32, bitcast=True) != ieee.to(tl.int32, bitcast=True)) & ~tiny
+    tl.atomic_add(bad_ptr, tl.sum(bad.to(tl.int32), axis=0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_reciprocal_quotient_equals_ieee_division_exhaustive():
+    # every fp32 c ∈ [0, d] for each divisor, through the kernels' own scaled_position (compiled: the FMA path)
+    bad = {}
+    for d in _divisors(48):
+        top = int(np.array(d).view(np.int32))
+        d_t = torch.tensor([d], device="cuda")
+        count = torch.zeros((), dtype=torch.int32, device="cuda")
+        _quotient_check_kernel[(triton.cdiv(top + 1, 4096),)](d_t, count, top, BLOCK=4096)
+        if count.item():
+            bad[float(d)] = count.item()
+    assert not bad, bad

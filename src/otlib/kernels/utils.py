@@ -111,11 +111,34 @@ def philox_uniform_tile(seed, ctr_base, ctr_off, counter, stream, BLOCK_M: tl.co
     return word_to_uniform(tl.reshape(w, (BLOCK_M, BLOCK_N)))
 
 
+# Divisors for which scaled_position's reciprocal quotient is checked against the IEEE one (tests/otlib/test_quantize.py)
+QUOTIENT_MIN_DIV = tl.constexpr(2.0**-30)
+QUOTIENT_MAX_DIV = tl.constexpr(2.0**100)
+
+
 @triton.jit
 def scaled_position(x, lo, hi, div, n_f):
-    """t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n, the quantizer's position in levels (IEEE division)."""
-    t = tl.minimum(tl.maximum(x, lo), hi) - lo
-    return tl.math.div_rn(t, tl.zeros_like(t) + div) * n_f
+    """t = (clamp(x, lo, hi) − lo) / (hi − lo + 1e-8) · n, the quantizer's position in levels.
+
+    Compiled, the quotient q = c / d of c ∈ [0, d] is formed without a per-element IEEE division (which made the
+    encoders division-bound, benchmarks/NOTES.md 30): y = RN(1/d) once, q = c·y, then two correction steps
+    q ← q + (c − q·d)·y, each two explicit FMAs (Markstein). For QUOTIENT_MIN_DIV ≤ d ≤ QUOTIENT_MAX_DIV, t equals
+    the IEEE t bit for bit, or both quotients are below 2⁻⁶⁰ (c or c / d near underflow), which is level 0
+    with or without dither — checked for every fp32 c ∈ [0, d] on the GPU. Other d (a corrupt range) and the
+    interpreter (its FMA is not fused) divide.
+    """
+    c = tl.minimum(tl.maximum(x, lo), hi) - lo
+    d = tl.zeros_like(c) + div
+    if INTERPRETED:
+        q = tl.math.div_rn(c, d)
+    elif (div >= QUOTIENT_MIN_DIV) & (div <= QUOTIENT_MAX_DIV):
+        y = tl.math.div_rn(div * 0.0 + 1.0, div)  # one scalar division
+        q = c * y
+        q = tl.fma(tl.fma(-q, d, c), y, q)
+        q = tl.fma(tl.fma(-q, d, c), y, q)
+    else:
+        q = tl.math.div_rn(c, d)
+    return q * n_f
 
 
 @triton.jit
