@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import LAUNCH_OPTS, cast_for_store
+from .utils import INTERPRETED, LAUNCH_OPTS, cast_for_store
 
 MAX_COLUMNS = 16384  # one row per program, held in registers
 
@@ -65,7 +65,13 @@ def _softmax_fwd_kernel(
     tl.store(p_ptr + row * S + cols, stored, mask=ok)
     if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule): one reduction
         v = stored.to(tl.float32)
-        lo, hi = tl.reduce((tl.where(ok, v, float("inf")), tl.where(ok, v, float("-inf"))), 0, _nan_minmax)
+        lo, hi = tl.where(ok, v, float("inf")), tl.where(ok, v, float("-inf"))
+        if INTERPRETED:  # the interpreter runs a combine function element by element: three plain reductions
+            nan = tl.max((v != v).to(tl.int32), axis=0) > 0
+            lo = tl.where(nan, float("nan"), tl.min(lo, axis=0))
+            hi = tl.where(nan, float("nan"), tl.max(hi, axis=0))
+        else:
+            lo, hi = tl.reduce((lo, hi), 0, _nan_minmax)
         tl.store(stats_ptr + 2 * row, lo)
         tl.store(stats_ptr + 2 * row + 1, hi)
 
