@@ -4,9 +4,9 @@ Run on a GPU machine from the repository root:
     PYTHONPATH=src python3 benchmarks/bench_gemm_configs.py --out gemm_configs.md
 Operands are encoded once (operand_codes), then `optical_gemm` runs with each config of the autotune list
 (kernels/optical_matmul.py) fixed, read-out on, bf16 output: what the autotuner chooses between, and how far
-the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ and P·V of the
-60M model (batch 8, 6 heads, T = 1024, head_dim 64), and the 60M and 600M up projections at M = 8192 / 16384
-tokens. Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
+the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ (full, and causal:
+no read-out above the diagonal) and P·V of the 60M model (batch 8, 6 heads, T = 1024, head_dim 64), and the
+60M and 600M up projections at M = 8192 / 16384 tokens. Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
 """
 
 import argparse
@@ -14,16 +14,17 @@ import argparse
 import torch
 from report import emit, short  # benchmarks/report.py (scripts run from this folder)
 
-# name → (batch·heads G, M, N, K)
+# name → (batch·heads G, M, N, K, causal)
 SHAPES = {
-    "60M attention Q·Kᵀ": (48, 1024, 1024, 64),
-    "60M attention P·V": (48, 1024, 64, 1024),
-    "60M up 384→1408": (1, 8192, 1408, 384),
-    "600M up 1152→4096": (1, 16384, 4096, 1152),
+    "60M attention Q·Kᵀ": (48, 1024, 1024, 64, False),
+    "60M attention Q·Kᵀ, causal": (48, 1024, 1024, 64, True),
+    "60M attention P·V": (48, 1024, 64, 1024, False),
+    "60M up 384→1408": (1, 8192, 1408, 384, False),
+    "600M up 1152→4096": (1, 16384, 4096, 1152, False),
 }
 
 
-def time_shape(g: int, m: int, n: int, k: int, configs: list) -> tuple[bool, float, list]:
+def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> tuple[bool, float, list]:
     """(A encoded by the GEMM?, cuBLAS bf16 µs, per config µs or an error text) for random bf16 operands."""
     from triton.testing import do_bench
 
@@ -45,7 +46,7 @@ def time_shape(g: int, m: int, n: int, k: int, configs: list) -> tuple[bool, flo
 
         def run(meta=meta):
             optical_gemm(a_enc, b_enc, 1, None, ranges, rng, 255, minmax, readout=True,
-                         out_dtype=torch.bfloat16, config=meta)  # fmt: skip
+                         out_dtype=torch.bfloat16, causal=causal, config=meta)  # fmt: skip
 
         try:
             cells.append(do_bench(run) * 1e3)
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         "| shape (G × M × N × K) | A encoded by | cuBLAS bf16 | " + " | ".join(names) + " | best time ÷ cuBLAS |",
         "|---|---|---|" + "---|" * len(names) + "---|",
     ]
-    for name, (g, m, n, k) in SHAPES.items():
-        raw_a, cublas, cells = time_shape(g, m, n, k, configs)
+    for name, (g, m, n, k, causal) in SHAPES.items():
+        raw_a, cublas, cells = time_shape(g, m, n, k, causal, configs)
         times = [c for c in cells if isinstance(c, float)]
         best = f"{min(times) / cublas:.2f}" if times else "—"
         shown = [f"{c:.1f}" if isinstance(c, float) else c for c in cells]
