@@ -6,7 +6,8 @@ Operands are encoded once (operand_codes), then `optical_gemm` runs with each co
 (kernels/optical_matmul.py) fixed, read-out on, bf16 output: what the autotuner chooses between, and how far
 the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ (full, and causal:
 no read-out above the diagonal) and P·V of the 60M model (batch 8, 6 heads, T = 1024, head_dim 64), and the
-60M and 600M up projections at M = 8192 / 16384 tokens. Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
+60M and 600M up projections at M = 8192 / 16384 tokens. `--configs 64x64x64:w8:s2,...` times candidate tile
+configs instead of the autotune list (results never depend on the config: tested on the GPU). Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
 """
 
 import argparse
@@ -55,9 +56,32 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
     return raw_a, cublas, cells
 
 
+def parse_configs(text: str) -> list:
+    """ "BMxBNxBK:wW:sS" items, comma separated → triton.Config objects (GROUP_M 8, as the autotune list)."""
+    import triton
+
+    configs = []
+    for item in text.split(","):
+        try:
+            tiles, warps, stages = item.strip().split(":")
+            bm, bn, bk = (int(v) for v in tiles.split("x"))
+            if not (warps.startswith("w") and stages.startswith("s")):
+                raise ValueError
+            num_warps, num_stages = int(warps[1:]), int(stages[1:])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad tile config {item!r}: expected BMxBNxBK:wW:sS") from None
+        configs.append(
+            triton.Config(
+                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=num_warps, num_stages=num_stages
+            )
+        )
+    return configs
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
+    ap.add_argument("--configs", type=parse_configs, default=None, help="BMxBNxBK:wW:sS,... (default: autotune list)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_gemm_configs.py needs a CUDA GPU")
@@ -66,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     from otlib.kernels.optical_matmul import autotune_configs
 
     torch.manual_seed(0)
-    configs = autotune_configs()
+    configs = args.configs or autotune_configs()
     names = [
         f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}×{c.kwargs['BLOCK_K']} w{c.num_warps} s{c.num_stages}"
         for c in configs

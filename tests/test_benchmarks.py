@@ -12,7 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {
     "bench_optical_linear": ["--tokens", "64"],
     "bench_attention": ["--block", "32"],
-    "bench_gemm_configs": [],
+    "bench_gemm_configs": ["--configs", "64x64x64:w8:s2"],
     "bench_statistics": ["--heads", "2", "--warps", "1"],
     "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
     "profile_optical_linear": ["--tokens", "64"],
@@ -53,3 +53,20 @@ def test_report_is_written_atomically(tmp_path):
     report.write_atomic(str(target), "| a |\n")
     assert target.read_text() == "| a |\n"
     assert [p.name for p in target.parent.iterdir()] == ["table.md"]  # no temporary left behind
+
+
+def test_gemm_configs_parse_candidate_tiles():
+    pytest.importorskip("triton", reason="Triton is not installed")
+    module = _load("bench_gemm_configs")
+    a, b = module.parse_configs("64x64x64:w8:s2, 32x128x64:w4:s3")
+    assert (a.kwargs["BLOCK_M"], a.kwargs["BLOCK_N"], a.kwargs["BLOCK_K"], a.num_warps, a.num_stages) == (
+        64,
+        64,
+        64,
+        8,
+        2,
+    )
+    assert (b.kwargs["BLOCK_M"], b.kwargs["BLOCK_N"], b.num_warps, b.num_stages) == (32, 128, 4, 3)
+    for bad in ("64x64:w8:s2", "64x64x64:8:s2", "64x64x64:w8"):
+        with pytest.raises(SystemExit):  # argparse names the bad item
+            module.main(["--configs", bad])
