@@ -172,3 +172,27 @@ def test_generation_with_kv_cache():
         )
     assert out.shape == (2, T + 4)
     assert torch.equal(out[:, T], first)  # the prefill step is the plain forward, same dither
+
+
+def test_training_steps_under_torch_compile_equal_eager():
+    # The whole optical model under torch.compile (aot_eager: every otlib custom op traced through its fake kernel,
+    # autograd through the compiled graphs, the range buffers mutated in place): two training steps give eager's
+    # losses, gradients and optical state bit for bit (the first step calibrates the out ranges, the second uses them).
+    model = tiny_llama()
+    otlib.transform(model, otlib.TransformConfig())
+    model.train()
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="aot_eager")
+    ids, labels = torch.randint(0, VOCAB, (2, 12)), torch.randint(0, VOCAB, (2, 12))  # T = 12 ≠ head_dim = 16
+    for _ in range(2):
+        for m in (model, twin):
+            m.zero_grad(set_to_none=True)
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        loss_compiled = compiled(ids, labels=labels).loss
+        loss_compiled.backward()
+        assert torch.equal(loss, loss_compiled)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad), name
+        for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
