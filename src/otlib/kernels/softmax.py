@@ -63,10 +63,12 @@ def _softmax_fwd_kernel(
     p, cols, ok = _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK, BLOCK)
     stored = cast_for_store(p, p_ptr)
     tl.store(p_ptr + row * S + cols, stored, mask=ok)
-    if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule): one reduction
+    if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
         v = stored.to(tl.float32)
         lo, hi = tl.where(ok, v, float("inf")), tl.where(ok, v, float("-inf"))
-        if INTERPRETED:  # the interpreter runs a combine function element by element: three plain reductions
+        # compiled: one paired reduction (fewer shuffles); the interpreter runs a combine function element by
+        # element, so there three plain reductions give the same values
+        if INTERPRETED:
             nan = tl.max((v != v).to(tl.int32), axis=0) > 0
             lo = tl.where(nan, float("nan"), tl.min(lo, axis=0))
             hi = tl.where(nan, float("nan"), tl.max(hi, axis=0))
