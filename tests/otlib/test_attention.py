@@ -182,10 +182,12 @@ def test_autocast_stores_p_in_the_product_dtype():
     ],
 )
 @pytest.mark.parametrize("kernels", [False, True])
-def test_causal_skip_of_masked_scores_changes_nothing(monkeypatch, device, kernels):
-    """A causal module's Q·Kᵀ leaves the scores above the diagonal 0 (not read out): P, the output, the gradients
-    and the range statistics equal those of the full product bit for bit — with a fully masked (left-padded)
-    query row too. T = 136 gives tiles wholly above the diagonal; kernels=True runs the Triton path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_causal_skip_of_masked_scores_changes_nothing(monkeypatch, device, kernels, dtype):
+    """A causal module's Q·Kᵀ leaves the scores above the diagonal 0 (not read out), and in bf16 on the kernel path
+    the products' backward skips the tiles above the diagonal but in fully masked rows: P, the output, the
+    gradients and the range statistics equal those of the full product bit for bit — with fully masked
+    (left-padded) query rows too. T = 136 gives tiles wholly above the diagonal; kernels=True runs the Triton path
     (interpreted on CPU)."""
     import sys
 
@@ -193,15 +195,16 @@ def test_causal_skip_of_masked_scores_changes_nothing(monkeypatch, device, kerne
         pytest.importorskip("triton", reason="Triton is not installed")
         if device == "cpu" and torch.cuda.is_available():
             pytest.skip("Triton compiles for the GPU here: CPU tensors run the kernels only under the interpreter")
-        for name in ("otlib.ops.optical_matmul", "otlib.ops.softmax"):
+        for name in ("otlib.ops.optical_matmul", "otlib.ops.softmax", "otlib.layers.attention"):
             monkeypatch.setattr(sys.modules[name], "use_kernels", lambda t, levels=2: True)
     batch, t_len = 1, 136
-    q = torch.randn(batch, H, t_len, D, device=device)
-    k, v = torch.randn(batch, HKV, t_len, D, device=device), torch.randn(batch, HKV, t_len, D, device=device)
+    q = torch.randn(batch, H, t_len, D, device=device).to(dtype)
+    k = torch.randn(batch, HKV, t_len, D, device=device).to(dtype)
+    v = torch.randn(batch, HKV, t_len, D, device=device).to(dtype)
     masked = torch.ones(t_len, t_len, dtype=torch.bool, device=device).triu(1).repeat(batch, 1, 1, 1)
     masked[0, :, :, :3] = True  # left-padded by 3: the first three query rows are fully masked
     mask = torch.zeros(masked.shape, device=device).masked_fill(masked, torch.finfo(torch.float32).min)
-    grad_out = torch.randn(batch, t_len, H, D, device=device)
+    grad_out = torch.randn(batch, t_len, H, D, device=device).to(dtype)
     results = []
     for is_causal in (True, False):
         module = _attention().to(device).train()
@@ -210,6 +213,8 @@ def test_causal_skip_of_masked_scores_changes_nothing(monkeypatch, device, kerne
         out, probs = optical_attention_forward(module, *inputs, mask, scaling=SCALING)
         out.backward(grad_out)
         results.append([out, probs, *(t.grad for t in inputs), *module.optical_attention.state_dict().values()])
-    assert results[0][1][0, 0, 0].eq(1 / t_len).all()  # the padded row: uniform over every key, as eager's
+    assert (
+        results[0][1][0, 0, 0].eq(torch.tensor(1 / t_len).to(dtype)).all()
+    )  # the padded row: uniform over every key, as eager's
     for got, expected in zip(*results, strict=True):
         assert torch.equal(got, expected)

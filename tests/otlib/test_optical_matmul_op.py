@@ -130,11 +130,19 @@ def test_under_torch_compile_fullgraph():
 def test_opcheck():
     a, b = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 8, 6)
     ranges, rng = _state(a, b, 5.0, device="cpu")
-    for causal in (False, True):
+    rows = torch.zeros(2, 5, dtype=torch.bool)
+    for causal, causal_rows in ((False, None), (True, None), (True, rows), (False, rows)):
         torch.library.opcheck(
             torch.ops.otlib.optical_matmul.default,
-            (a.requires_grad_(), b, ranges, rng, LEVELS, LUT, "fixed", False, causal),
+            (a.requires_grad_(), b, ranges, rng, LEVELS, LUT, "fixed", False, causal, causal_rows),
         )
+
+
+def test_causal_rows_of_the_wrong_shape_are_refused():
+    a, b = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 8, 6)
+    ranges, rng = _state(a, b, 5.0, device="cpu")
+    with pytest.raises(ValueError, match="causal_rows must be bool"):
+        optical_matmul(a, b, ranges, rng, levels=LEVELS, lut_min=LUT, causal_rows=torch.zeros(2, 4, dtype=torch.bool))
 
 
 def test_mase_counter_does_not_advance():

@@ -35,6 +35,7 @@ from transformers.models.llama.modeling_llama import repeat_kv
 from otlib import ops
 from otlib.config import NUMERICS, LayerConfig
 from otlib.layers.ranges import RangeTracker
+from otlib.ops._dispatch import use_kernels
 
 ATTENTION_NAME = "optical"  # the attn_implementation name of optical attention
 STATE_ATTR = "optical_attention"  # submodule name of the per-layer state on each attention module
@@ -94,6 +95,36 @@ def _qk_range_mase(query: Tensor, key_states: Tensor, scaling: float) -> Tensor:
     return torch.stack([lo, hi]).float() * scaling  # scaling > 0 keeps the order
 
 
+def _fully_masked_rows(mask: Tensor, batch: int) -> Tensor:
+    """bool [batch, T]: the query rows of an additive mask [B or 1, 1, T, S] that mask every key (their softmax is
+    uniform, so a causal product is not 0 above the diagonal there). One reduction per mask: every layer of a
+    forward gets the same mask tensor, so the result is kept on it (with its version, against in-place edits)."""
+    cached = getattr(mask, "_otlib_full_rows", None)
+    if cached is None or cached[0] != mask._version:
+        rows = mask[:, 0].amax(-1).le(torch.finfo(mask.dtype).min)  # −inf masks too
+        cached = (mask._version, rows)
+        mask._otlib_full_rows = cached
+    return cached[1].expand(batch, -1)
+
+
+def _causal_rows(query: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
+    """The fully masked rows for the products' backward (ops.optical_matmul's causal_rows), where it can use them:
+    a causal mask of one head dim, gradients wanted, the kernels' eager path."""
+    if (
+        not causal
+        or mask is None
+        or mask.dim() != 4
+        or mask.shape[1] != 1
+        or mask.shape[0] not in (1, query.shape[0])
+        or mask.shape[2] != query.shape[2]
+        or not (torch.is_grad_enabled() and query.requires_grad)
+        or not use_kernels(query)
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    return _fully_masked_rows(mask, query.shape[0])
+
+
 def optical_attention_forward(
     module: nn.Module,
     query: Tensor,
@@ -138,6 +169,9 @@ def optical_attention_forward(
     causal = attention_mask is not None and bool(
         getattr(module, "is_causal", False) if is_causal is None else is_causal
     )
+    # Under the causal mask, S's gradient and P are 0 above the diagonal except in fully masked rows: the products'
+    # backward skips those tiles (benchmarks/NOTES.md 36)
+    causal_rows = _causal_rows(query, attention_mask, causal)
     scores, s_min, s_max = ops.optical_matmul(
         query,
         key_t,
@@ -148,6 +182,7 @@ def optical_attention_forward(
         numerics=state.numerics,
         calibrate_out=calibrate_qk,
         causal=causal,
+        causal_rows=causal_rows,
     )
     if training and not mase:  # the unscaled accumulator, every step
         state.qk.update_pair(OUT, s_min, s_max)
@@ -180,6 +215,7 @@ def optical_attention_forward(
         lut_min=cfg.q_lut_min,
         numerics=state.numerics,
         calibrate_out=not state.av.is_set(OUT),
+        causal_rows=causal_rows,
     )
     if training:
         state.av.update_pair(OUT, o_min, o_max)

@@ -4,7 +4,9 @@ Forward (docs/numerics.md):  C = Q_stoch(Q_det(A) · LUT(Q_det(B)); out range), 
 a [..., M, K] @ b [..., K, N]; leading dims broadcast, and dim −3 may be grouped (GQA: a has H heads,
 b has Hkv heads with H % Hkv == 0, head h uses b's head h // (H / Hkv)) so repeat_kv is not needed.
 Backward (straight-through): grad_A = grad_C · Bᵀ, grad_B = Aᵀ · grad_C with unquantized operands,
-summed over broadcast / grouped dims.
+summed over broadcast / grouped dims. For attention's 16-bit [B, H, M, K] @ [B, Hkv, K, N] on CUDA, strided
+Triton GEMMs (otlib.kernels.grad_matmul) read the head-transposed operands in place and, given `causal_rows`,
+skip the tiles a causal mask makes zero.
 
 Entry points as in optical_linear.py: the custom op "otlib::optical_matmul" under `torch.compile`, a plain
 `torch.autograd.Function` in eager mode (same forward and backward, less host time per call).
@@ -36,6 +38,7 @@ def _forward(
     numerics: str,
     calibrate_out: bool,
     causal: bool,
+    causal_rows: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     impl = matmul_kernel_path if use_kernels(a, levels) else optical_matmul_ref
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
@@ -57,7 +60,7 @@ _optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, 
 
 
 @_optical_matmul_op.register_fake
-def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal):
+def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows):
     c = a.new_empty(_out_shape(a, b))
     stat = a.new_empty((), dtype=torch.float32)
     return c, stat, stat.clone()
@@ -83,14 +86,38 @@ def _stackable_groups(a: Tensor, b: Tensor) -> bool:
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.save_for_backward(inputs[0], inputs[1], inputs[9])
+    ctx.causal = inputs[8]
+
+
+def _strided_grads_apply(a: Tensor, b: Tensor, grad_c: Tensor) -> bool:
+    """Whether the Triton strided GEMMs take the gradients: CUDA kernels on, eager tensors (a traced backward
+    takes torch's ops), a [B, H, M, K] and b [B, Hkv, K, N] with H a multiple of Hkv, one 16-bit float dtype."""
+    return (
+        use_kernels(grad_c)
+        and type(grad_c) is Tensor
+        and a.dim() == 4
+        and b.dim() == 4
+        and a.shape[0] == b.shape[0] > 0
+        and b.shape[1] > 0
+        and a.shape[1] % b.shape[1] == 0
+        and grad_c.shape == (*a.shape[:-1], b.shape[-1])
+        and a.dtype == b.dtype == grad_c.dtype
+        and a.dtype in (torch.bfloat16, torch.float16)
+    )
 
 
 def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | None):
     # Straight-through: identity quantizers, so these are torch.matmul's gradients.
-    a, b = ctx.saved_tensors
+    a, b, causal_rows = ctx.saved_tensors
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
-        return (None,) * 9
+        return (None,) * 10
+    if _strided_grads_apply(a, b, grad_c):  # attention's GQA products, read and written in place
+        from ..kernels.grad_matmul import grouped_matmul_grads
+
+        rows = causal_rows if causal_rows is not None and causal_rows.shape == (a.shape[0], a.shape[2]) else None
+        ga, gb = grouped_matmul_grads(a, b, grad_c, *ctx.needs_input_grad[:2], causal_rows=rows, causal_c=ctx.causal)
+        return ga, gb, *(None,) * 8
     dt = grad_c.dtype
     if _stackable_groups(a, b):
         # GQA: the G query heads of one K/V head stack along the rows, [..., Hkv, G·M, K], so both gradients are
@@ -100,11 +127,11 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
         a_g = a.to(dt).reshape(*a.shape[:-3], hkv, -1, a.shape[-1])
         ga = (grad_g @ b.to(dt).transpose(-1, -2)).view(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
         gb = (a_g.transpose(-1, -2) @ grad_g).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return ga, gb, *(None,) * 7
+        return ga, gb, *(None,) * 8
     bx = expand_groups(a, b).to(dt)
     ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
     gb = _reduce_grad_b(a.to(dt).transpose(-1, -2) @ grad_c, b).to(b.dtype) if ctx.needs_input_grad[1] else None
-    return ga, gb, *(None,) * 7
+    return ga, gb, *(None,) * 8
 
 
 _optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
@@ -124,6 +151,7 @@ def optical_matmul(
     numerics: str = "fixed",
     calibrate_out: bool = False,
     causal: bool = False,
+    causal_rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical batched matmul: a [..., M, K] @ b [..., K, N] → (c in a's dtype, out_min, out_max).
 
@@ -132,6 +160,10 @@ def optical_matmul(
     causal: c is 0 above the causal diagonal (column > row + N − M), the entries a causal mask discards; the
     GEMM skips their read-out. The range still covers every product, and the gradients are those of the
     full product (straight-through), so a causal softmax of c gives what it gives without `causal`.
+    causal_rows (bool [B, M], a [B, H, M, K]; attention under a causal mask): the caller's promise that the T × S
+    matrix of the product — c's gradient if `causal` (Q·Kᵀ), else a (P·V) — is 0 above the causal diagonal except
+    in these rows (the fully masked ones, whose softmax is uniform). The backward then skips the zero tiles; the
+    gradients are the same.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """
@@ -145,7 +177,14 @@ def optical_matmul(
         _out_shape(a, b)
     except RuntimeError as e:
         raise ValueError(f"leading dims of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast") from e
+    if causal_rows is not None and (
+        a.dim() != 4 or causal_rows.dtype != torch.bool or tuple(causal_rows.shape) != (a.shape[0], a.shape[2])
+    ):
+        raise ValueError(
+            f"causal_rows must be bool [B, M] = {(a.shape[0], a.shape[-2])} for a 4-D a, got "
+            f"{causal_rows.dtype} {tuple(causal_rows.shape)} with a {tuple(a.shape)}"
+        )
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
-    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal)
+    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows)
