@@ -11,8 +11,8 @@ in the layout of their operands, so nothing downstream copies either.
 Under a causal mask the T × S matrix of the product (grad_c of Q·Kᵀ, a of P·V) is exactly 0 above the diagonal
 (column > row + S − T) except in fully masked rows, where P is uniform; given those rows (`causal_rows`), the
 kernel skips the K tiles that are wholly zero there (CAUSAL modes below; dP = dO·Vᵀ, bound by its store,
-gains nothing from skipping and is computed in full). Skipped products are
-exact zeros, so the result is the same bit for bit.
+gains nothing from skipping and is computed in full). Skipped products are exact zeros, so the result is the
+same bit for bit.
 bf16/fp16 operands on the tensor cores, fp32 accumulator, rounded once to the output dtype. Every config takes
 the same K steps in the same order with the same (wgmma) MMA instructions, so results do not depend on the
 autotune choice (tested on the GPU).
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import INTERPRET, INTERPRETED, LAUNCH_OPTS, cast_for_store
+from .utils import INTERPRET, INTERPRETED, LAUNCH_OPTS, cast_for_store, tile_grid
 
 BLOCK_K = tl.constexpr(64)  # one K step for every config: the summation order does not depend on the tile shape
 # CAUSAL modes; "full rows" are the rows r of the T × S matrix that a causal mask leaves fully masked (rows[b, r])
@@ -163,23 +163,16 @@ def grouped_bmm(
     key = (M, N, K, red, *x.stride()[2:], *y.stride()[2:], causal)  # the autotuner's key
     meta = config or _chosen_configs.get(key)
     if meta is None:  # first call for this key: the autotuner picks, later calls launch its choice directly
-        _grouped_bmm_kernel[_grid(M, N, B * J)](*args, CAUSAL=causal, **LAUNCH_OPTS)
+        _grouped_bmm_kernel[tile_grid(M, N, B * J)](*args, CAUSAL=causal, **LAUNCH_OPTS)
         best = _grouped_bmm_kernel.best_config
         _chosen_configs[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
     else:
-        _grouped_bmm_kernel.fn[_grid(M, N, B * J)](*args, CAUSAL=causal, **meta, **LAUNCH_OPTS)
+        _grouped_bmm_kernel.fn[tile_grid(M, N, B * J)](*args, CAUSAL=causal, **meta, **LAUNCH_OPTS)
     return out
 
 
 # as optical_matmul.py: launching through the autotune wrapper costs tens of µs of host time per call
 _chosen_configs: dict[tuple, dict] = {}
-
-
-def _grid(M: int, N: int, batch: int):
-    def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), batch)
-
-    return grid
 
 
 def grouped_matmul_grads(

@@ -41,6 +41,7 @@ from .utils import (
     philox_uniform_tile,
     range_params,
     round_half_even,
+    tile_grid,
 )
 
 
@@ -316,12 +317,12 @@ def optical_gemm(
     key = _config_key(M, N, K, c.dtype, **flags)
     meta = config or _chosen_configs.get(key)
     if meta is None:  # first call for this key: the autotuner picks, then later calls skip its wrappers
-        _optical_gemm_kernel[_grid(M, N, B * H)](*args, **flags, **LAUNCH_OPTS)
+        _optical_gemm_kernel[tile_grid(M, N, B * H)](*args, **flags, **LAUNCH_OPTS)
         best = _optical_gemm_kernel.best_config
         _chosen_configs[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
     else:
         tile_flags = {"EVEN_K": _even_k(K, meta["BLOCK_K"]), "PHILOX_TILE": _philox_tile(N)}
-        _GEMM_JIT[_grid(M, N, B * H)(meta)](*args, **flags, **meta, **tile_flags, **LAUNCH_OPTS)
+        _GEMM_JIT[tile_grid(M, N, B * H)(meta)](*args, **flags, **meta, **tile_flags, **LAUNCH_OPTS)
     return c
 
 
@@ -354,13 +355,6 @@ def chosen_config(
     """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
     key = _config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a, CAUSAL=causal)
     return _chosen_configs.get(key)
-
-
-def _grid(M: int, N: int, batch: int):
-    def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), batch)
-
-    return grid
 
 
 # Launching through the autotune and heuristics wrappers costs ~70 µs of host time per call on an H200 host

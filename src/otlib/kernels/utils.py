@@ -59,6 +59,15 @@ def round_to_f16(y):
     return tl.where(y != y, y, tl.where(tl.abs(y) < 6.103515625e-05, tiny, normal))
 
 
+def tile_grid(M: int, N: int, batch: int):
+    """Launch grid of a tiled GEMM: (M tiles · N tiles of the config's BLOCK_M × BLOCK_N, batch)."""
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), batch)
+
+    return grid
+
+
 @triton.jit
 def cast_for_store(y, ptr):
     """fp32 values in the element type of `ptr`, rounded to nearest even (as torch's .to()); compiled, the

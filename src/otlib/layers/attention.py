@@ -107,7 +107,7 @@ def _fully_masked_rows(mask: Tensor, batch: int) -> Tensor:
     return cached[1].expand(batch, -1)
 
 
-def _causal_rows(query: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
+def _causal_rows(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
     """The fully masked rows for the products' backward (ops.optical_matmul's causal_rows), where it can use them:
     a causal mask of one head dim, gradients wanted, the kernels' eager path."""
     if (
@@ -117,7 +117,7 @@ def _causal_rows(query: Tensor, mask: Tensor | None, causal: bool) -> Tensor | N
         or mask.shape[1] != 1
         or mask.shape[0] not in (1, query.shape[0])
         or mask.shape[2] != query.shape[2]
-        or not (torch.is_grad_enabled() and query.requires_grad)
+        or not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad))
         or not use_kernels(query)
         or torch.compiler.is_compiling()
     ):
@@ -171,7 +171,7 @@ def optical_attention_forward(
     )
     # Under the causal mask, S's gradient and P are 0 above the diagonal except in fully masked rows: the products'
     # backward skips those tiles (benchmarks/NOTES.md 36)
-    causal_rows = _causal_rows(query, attention_mask, causal)
+    causal_rows = _causal_rows(query, key, value, attention_mask, causal)
     scores, s_min, s_max = ops.optical_matmul(
         query,
         key_t,
