@@ -4,7 +4,8 @@ Run from the repository root:
     PYTHONPATH=src python3 benchmarks/run_all.py --out benchmarks/report-h200.md
 Runs bench_optical_linear.py (fused linear and layer vs cuBLAS / nn.Linear / the peer), bench_gemm_configs.py
 (the level-code GEMM at every tile config vs cuBLAS), bench_statistics.py (the range fold and softmax kernels vs
-the torch ops), bench_attention.py (vs SDPA) and bench_training_step.py
+the torch ops), bench_attention.py (vs SDPA), bench_attention_grads.py (the attention backward's GEMMs vs torch's
+bmm path) and bench_training_step.py
 (vs the digital step), each in its own process so that one's CUDA
 state and compile caches do not colour another's timings, then writes the report: the hardware and
 software, and per benchmark the exact command, its wall time and its table (or its exit status and the
@@ -32,6 +33,7 @@ def benchmark_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "Level-code GEMM per tile config": ["bench_gemm_configs.py"],
         "Range statistics and softmax kernels": ["bench_statistics.py"],
         "Optical attention": ["bench_attention.py", "--block", str(args.block)],
+        "Attention backward GEMMs": ["bench_attention_grads.py", "--block", str(args.block)],
         "Training step": [
             "bench_training_step.py",
             "--models",

@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {
     "bench_optical_linear": ["--tokens", "64"],
     "bench_attention": ["--block", "32"],
+    "bench_attention_grads": ["--block", "32"],
     "bench_gemm_configs": ["--configs", "64x64x64:w8:s2"],
     "bench_statistics": ["--heads", "2", "--warps", "1"],
     "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
