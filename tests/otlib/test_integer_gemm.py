@@ -223,10 +223,10 @@ def test_later_calls_launch_the_autotuner_choice_directly():
     x = torch.randn(m, k, device=DEVICE)
     w = torch.randn(n, k, device=DEVICE) / k**0.5
     ranges, rng = _ranges(x, w), torch.tensor([3, 7, 2], device=DEVICE)
-    optical_matmul._chosen_configs.clear()
+    optical_matmul._GEMM.chosen.clear()
     first = optical_linear_fwd(x, w, None, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=x.dtype)
-    assert len(optical_matmul._chosen_configs) == 1
-    ((key, chosen),) = optical_matmul._chosen_configs.items()
+    assert len(optical_matmul._GEMM.chosen) == 1
+    ((key, chosen),) = optical_matmul._GEMM.chosen.items()
     assert key[:3] == (triton.next_power_of_2(m), n, k) and {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(chosen)
     again = optical_linear_fwd(x, w, None, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=x.dtype)
     for a, b in zip(first, again, strict=True):

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import INTERPRET, INTERPRETED, LAUNCH_OPTS, cast_for_store, tile_grid
+from .utils import INTERPRET, INTERPRETED, TunedLaunch, cast_for_store, tile_grid
 
 BLOCK_K = tl.constexpr(64)  # one K step for every config: the summation order does not depend on the tile shape
 # CAUSAL modes; "full rows" are the rows r of the T × S matrix that a causal mask leaves fully masked (rows[b, r])
@@ -161,18 +161,11 @@ def grouped_bmm(
     rows_arg, s_rows = (rows, rows.stride(0)) if causal != NOT_CAUSAL else (out, 0)
     args = (x, y, out, rows_arg, M, N, K, J, red, xm, ym, yd, diag, s_rows, *x.stride(), *y.stride(), *out.stride())
     key = (M, N, K, red, *x.stride()[2:], *y.stride()[2:], causal)  # the autotuner's key
-    meta = config or _chosen_configs.get(key)
-    if meta is None:  # first call for this key: the autotuner picks, later calls launch its choice directly
-        _grouped_bmm_kernel[tile_grid(M, N, B * J)](*args, CAUSAL=causal, **LAUNCH_OPTS)
-        best = _grouped_bmm_kernel.best_config
-        _chosen_configs[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
-    else:
-        _grouped_bmm_kernel.fn[tile_grid(M, N, B * J)](*args, CAUSAL=causal, **meta, **LAUNCH_OPTS)
+    _GROUPED_BMM(key, tile_grid(M, N, B * J), args, {"CAUSAL": causal}, config=config)
     return out
 
 
-# as optical_matmul.py: launching through the autotune wrapper costs tens of µs of host time per call
-_chosen_configs: dict[tuple, dict] = {}
+_GROUPED_BMM = TunedLaunch(_grouped_bmm_kernel)
 
 
 def grouped_matmul_grads(

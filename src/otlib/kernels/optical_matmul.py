@@ -32,7 +32,7 @@ from .quantize import operand_codes
 from .utils import (
     EPS_BITS,
     INTERPRET,
-    LAUNCH_OPTS,
+    TunedLaunch,
     cast_for_store,
     code_params,
     deterministic_level,
@@ -314,15 +314,14 @@ def optical_gemm(
         b_sums.stride(1),
     )
     flags = {"READOUT": readout, "HAS_BIAS": bias is not None, "A_RAW": a_raw, "CAUSAL": causal and readout}
-    key = _config_key(M, N, K, c.dtype, **flags)
-    meta = config or _chosen_configs.get(key)
-    if meta is None:  # first call for this key: the autotuner picks, then later calls skip its wrappers
-        _optical_gemm_kernel[tile_grid(M, N, B * H)](*args, **flags, **LAUNCH_OPTS)
-        best = _optical_gemm_kernel.best_config
-        _chosen_configs[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
-    else:
-        tile_flags = {"EVEN_K": _even_k(K, meta["BLOCK_K"]), "PHILOX_TILE": _philox_tile(N)}
-        _GEMM_JIT[tile_grid(M, N, B * H)(meta)](*args, **flags, **meta, **tile_flags, **LAUNCH_OPTS)
+    _GEMM(
+        _config_key(M, N, K, c.dtype, **flags),
+        tile_grid(M, N, B * H),
+        args,
+        flags,
+        config=config,
+        derived=lambda meta: {"EVEN_K": _even_k(K, meta["BLOCK_K"]), "PHILOX_TILE": _philox_tile(N)},
+    )
     return c
 
 
@@ -354,14 +353,10 @@ def chosen_config(
 ) -> dict | None:
     """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
     key = _config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a, CAUSAL=causal)
-    return _chosen_configs.get(key)
+    return _GEMM.chosen.get(key)
 
 
-# Launching through the autotune and heuristics wrappers costs ~70 µs of host time per call on an H200 host
-# (benchmarks/NOTES.md); after the autotuner's first choice for a key, calls launch the jitted kernel directly
-# with that choice (the same config the autotuner would reuse).
-_GEMM_JIT = _optical_gemm_kernel.fn.fn
-_chosen_configs: dict[tuple, dict] = {}
+_GEMM = TunedLaunch(_optical_gemm_kernel)
 
 
 # Encoding A inside the GEMM re-encodes each A tile once per N tile: it pays where N fits in one or two tiles
