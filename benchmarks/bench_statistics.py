@@ -7,7 +7,8 @@ CUDA-graph replays (host time excluded), do_bench medians in µs per call, two m
   the torch path it replaced (aminmax, stack, mul_, add_), at the tensors a 60M step observes, with the time
   of one read of the tensor at 4 TB/s;
 - the softmax forward (with and without P's row statistics) and backward at 8 × H × 1024², bf16 scores, the
-  causal fp32 mask, per warps per row (`--warps`; `*` marks the kernels' own choice), and the torch ops
+  causal fp32 mask, per warps per row (`--warps`; `*` marks the kernels' own choice), also given the mask's
+  fully masked rows (`causal_rows`: the rows read only up to the diagonal), and the torch ops
   (`scaled_masked_softmax_reference` and its autograd backward).
 """
 
@@ -84,6 +85,7 @@ def softmax_rows(heads: int, warps: list[int]) -> list[str]:
     grad = torch.randn_like(scores)
     allowed = torch.ones(1024, 1024, device=device, dtype=torch.bool).tril()
     mask = torch.zeros(8, 1, 1024, 1024, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    no_full_rows = torch.zeros(8, 1024, device=device, dtype=torch.bool)  # the causal mask masks no row fully
     name = f"8 × {heads} × 1024²"
     own_choice = softmax_kernels.num_warps_for
     rows = []
@@ -95,8 +97,19 @@ def softmax_rows(heads: int, warps: list[int]) -> list[str]:
                 lambda: softmax_kernels.softmax_fwd(scores, mask, 0.125, torch.bfloat16, row_stats=True), 5
             )
             bwd = graphed_us(lambda: softmax_kernels.softmax_bwd(grad, scores, mask, 0.125), 5)
+            causal_stats = graphed_us(
+                lambda: softmax_kernels.softmax_fwd(
+                    scores, mask, 0.125, torch.bfloat16, row_stats=True, causal_rows=no_full_rows
+                ),
+                5,
+            )
+            causal_bwd = graphed_us(
+                lambda: softmax_kernels.softmax_bwd(grad, scores, mask, 0.125, causal_rows=no_full_rows), 5
+            )
             mark = "*" if w == own_choice(1024) else ""
-            rows.append(f"| {name} | {w}{mark} | {fwd:.1f} | {stats:.1f} | {bwd:.1f} |")
+            rows.append(
+                f"| {name} | {w}{mark} | {fwd:.1f} | {stats:.1f} | {bwd:.1f} | {causal_stats:.1f} | {causal_bwd:.1f} |"
+            )
     finally:
         softmax_kernels.num_warps_for = own_choice
     leaf = scores.detach().requires_grad_()
@@ -106,14 +119,15 @@ def softmax_rows(heads: int, warps: list[int]) -> list[str]:
 
     ref_fwd = graphed_us(lambda: scaled_masked_softmax_reference(scores, mask, 0.125, torch.bfloat16), 5)
     ref_fwd_bwd = graphed_us(reference_fwd_bwd, 5)
-    rows.append(f"| {name} | torch ops | {ref_fwd:.1f} | — | {ref_fwd_bwd:.1f} (fwd + bwd) |")
+    rows.append(f"| {name} | torch ops | {ref_fwd:.1f} | — | {ref_fwd_bwd:.1f} (fwd + bwd) | — | — |")
     return rows
 
 
 def softmax_table(heads: list[int], warps: list[int]) -> list[str]:
     lines = [
-        "| scores | warps per row | forward µs | forward + row (min, max) µs | backward µs |",
-        "|---|---|---|---|---|",
+        "| scores | warps per row | forward µs | forward + row (min, max) µs | backward µs "
+        "| forward + row (min, max), causal rows µs | backward, causal rows µs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for h in heads:
         lines += softmax_rows(h, warps)

@@ -76,3 +76,45 @@ def test_dispatch_on_cpu_is_the_reference():
         scaled_masked_softmax(*cpu, SCALING, torch.bfloat16),
         scaled_masked_softmax_reference(*cpu, SCALING, torch.bfloat16),
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("t", "s", "batch_mask"), [(37, 37, True), (20, 100, False)])
+def test_reading_only_up_to_the_causal_diagonal_changes_nothing(dtype, t, s, batch_mask):
+    """Given the fully masked rows of a causal mask, the kernels read the other rows only up to the diagonal: P, its
+    row statistics and dS equal those of the full rows bit for bit, fully masked (uniform) rows included."""
+    from otlib.kernels.softmax import softmax_bwd, softmax_fwd
+
+    scores, mask, allowed = _inputs(dtype, t=t, s=s, batch_mask=batch_mask)
+    full_rows = ~allowed[:, 0].any(-1)  # [B or 1, T]
+    assert bool(full_rows.any()) == batch_mask  # the padded batch holds one
+    grad = torch.randn(scores.shape, device=DEVICE).to(dtype)
+    p_full, stats_full = softmax_fwd(scores, mask, SCALING, dtype, row_stats=True)
+    p_skip, stats_skip = softmax_fwd(scores, mask, SCALING, dtype, row_stats=True, causal_rows=full_rows)
+    assert torch.equal(p_skip, p_full) and torch.equal(stats_skip, stats_full)
+    assert torch.equal(
+        softmax_bwd(grad, scores, mask, SCALING, causal_rows=full_rows), softmax_bwd(grad, scores, mask, SCALING)
+    )
+
+
+def test_reading_up_to_the_diagonal_reads_nothing_above_it():
+    """The rows that are not fully masked never read S above the diagonal: NaNs there leave P finite (a mutation
+    check of the skip itself; with the full rows read, the NaNs reach P)."""
+    from otlib.kernels.softmax import softmax_fwd
+
+    scores, mask, allowed = _inputs(torch.float32)
+    full_rows = ~allowed[:, 0].any(-1)
+    above = ~torch.ones_like(allowed[0, 0]).tril(diagonal=0)
+    poisoned = scores.masked_fill(above, float("nan"))
+    p, _ = softmax_fwd(poisoned, mask, SCALING, torch.float32, causal_rows=full_rows)
+    assert bool(p[~full_rows[:, None, :, None].expand_as(p)].isfinite().all())
+    assert bool(p[full_rows[:, None, :, None].expand_as(p)].isnan().all())  # full rows read every column
+    assert bool(softmax_fwd(poisoned, mask, SCALING, torch.float32)[0].isnan().any())
+
+
+def test_causal_rows_of_the_wrong_shape_are_refused():
+    scores, mask, _ = _inputs(torch.float32)
+    with pytest.raises(ValueError, match="causal_rows must be bool"):
+        scaled_masked_softmax(scores, mask, SCALING, torch.float32, causal_rows=torch.zeros(2, 36, dtype=torch.bool))
+    with pytest.raises(ValueError, match="causal_rows must be bool"):
+        scaled_masked_softmax(scores, mask, SCALING, torch.float32, causal_rows=torch.zeros(2, 37))

@@ -6,6 +6,10 @@ added in fp32, exp and sums in fp32. The backward recomputes P from S (nothing T
 returns dS = dtype(dtype(P·(dP − Σ dP·P)) · scaling), the torch ops' gradient with their roundings. Only the
 row sums run in another order than torch's, so P may differ from the reference by an fp32 ulp before
 its rounding to P's dtype (tests/otlib/test_softmax.py states the bounds).
+
+Given the fully masked rows of a causal mask (`causal_rows`, bool [B, T]), every other row reads S, the mask and
+dP only up to its causal diagonal (column ≤ t + S − T): above it the mask's finfo.min makes P exactly 0, so the
+skipped columns give the same bits (P = 0, dS = 0; benchmarks/NOTES.md 38).
 """
 
 import torch
@@ -18,20 +22,33 @@ MAX_COLUMNS = 16384  # one row per program, held in registers
 
 
 @triton.jit
-def _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
-    """fp32 P of one row (and the column mask of the block)."""
+def _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """The block's columns, those of the row (< S), and those read: up to the causal diagonal unless the row is
+    fully masked (HAS_ROWS), else the row's."""
     cols = tl.arange(0, BLOCK)
     ok = cols < S
-    x = tl.load(s_ptr + row * S + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_ROWS:
+        t = row % T
+        full = tl.load(rows_ptr + (row // (H * T)) * rs_b + t * rs_t)
+        read = ok & (full | (cols <= t + S - T))
+    else:
+        read = ok
+    return cols, ok, read
+
+
+@triton.jit
+def _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr):
+    """fp32 P of one row over the block's columns (0 where not read)."""
+    x = tl.load(s_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
     x = cast_for_store(x * scaling, s_ptr).to(tl.float32)  # S · scaling in S's dtype, as the torch op
     if HAS_MASK:
         b = row // (H * T)
         h = (row // T) % H
         t = row % T
-        x = x + tl.load(mask_ptr + b * sm_b + h * sm_h + t * sm_t + cols * sm_s, mask=ok, other=0.0)
-    x = tl.where(ok, x, float("-inf"))
+        x = x + tl.load(mask_ptr + b * sm_b + h * sm_h + t * sm_t + cols * sm_s, mask=read, other=0.0)
+    x = tl.where(read, x, float("-inf"))
     e = tl.exp(x - tl.max(x, axis=0))
-    return e / tl.sum(e, axis=0), cols, ok
+    return e / tl.sum(e, axis=0)
 
 
 @triton.jit
@@ -45,6 +62,7 @@ def _nan_minmax(lo_a, hi_a, lo_b, hi_b):
 def _softmax_fwd_kernel(
     s_ptr,
     mask_ptr,
+    rows_ptr,
     p_ptr,
     stats_ptr,
     scaling,
@@ -55,12 +73,16 @@ def _softmax_fwd_kernel(
     sm_h,
     sm_t,
     sm_s,
+    rs_b,
+    rs_t,
     HAS_MASK: tl.constexpr,
+    HAS_ROWS: tl.constexpr,
     ROW_STATS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    p, cols, ok = _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK, BLOCK)
+    cols, ok, read = _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
+    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
     stored = cast_for_store(p, p_ptr)
     tl.store(p_ptr + row * S + cols, stored, mask=ok)
     if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
@@ -83,6 +105,7 @@ def _softmax_bwd_kernel(
     g_ptr,
     s_ptr,
     mask_ptr,
+    rows_ptr,
     gs_ptr,
     scaling,
     S,
@@ -92,12 +115,16 @@ def _softmax_bwd_kernel(
     sm_h,
     sm_t,
     sm_s,
+    rs_b,
+    rs_t,
     HAS_MASK: tl.constexpr,
+    HAS_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    p, cols, ok = _probs(s_ptr, mask_ptr, row, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK, BLOCK)
-    g = tl.load(g_ptr + row * S + cols, mask=ok, other=0.0).to(tl.float32)
+    cols, ok, read = _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
+    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
     gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
     gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
     tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
@@ -111,12 +138,19 @@ def num_warps_for(block: int) -> int:
 
 
 def _launch(
-    kernel, tensors: tuple, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float, **flags: bool
+    kernel,
+    tensors: tuple,
+    scores: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal_rows: torch.Tensor | None,
+    scaling: float,
+    **flags: bool,
 ) -> None:
     B, H, T, S = scores.shape
     if scores.numel() == 0:
         return
     strides = mask.expand(B, H, T, S).stride() if mask is not None else (0, 0, 0, 0)
+    row_strides = causal_rows.expand(B, T).stride() if causal_rows is not None else (0, 0)
     block = triton.next_power_of_2(S)
     kernel[(B * H * T,)](
         *tensors,
@@ -125,7 +159,9 @@ def _launch(
         T,
         H,
         *strides,
+        *row_strides,
         HAS_MASK=mask is not None,
+        HAS_ROWS=causal_rows is not None,
         BLOCK=block,
         **flags,
         num_warps=num_warps_for(block),
@@ -134,20 +170,38 @@ def _launch(
 
 
 def softmax_fwd(
-    scores: torch.Tensor, mask: torch.Tensor | None, scaling: float, dtype: torch.dtype, row_stats: bool = False
+    scores: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    dtype: torch.dtype,
+    row_stats: bool = False,
+    causal_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """scores [B, H, T, S] contiguous, mask fp32 broadcastable to it or None → (P [B, H, T, S] in `dtype`, and with
-    `row_stats` fp32 [B·H·T, 2] of each row's (min, max) as stored: P's range without another pass over P)."""
+    `row_stats` fp32 [B·H·T, 2] of each row's (min, max) as stored: P's range without another pass over P).
+    causal_rows: bool broadcastable to [B, T], the rows a causal mask masks fully; the others are read only up to
+    the diagonal (the caller's promise that the mask is causal)."""
     p = torch.empty(scores.shape, dtype=dtype, device=scores.device)
     stats = torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device) if row_stats else None
-    tensors = (scores, mask if mask is not None else scores, p, stats if row_stats else p)
-    _launch(_softmax_fwd_kernel, tensors, scores, mask, scaling, ROW_STATS=row_stats)
+    tensors = (scores, _or(mask, scores), _or(causal_rows, scores), p, stats if row_stats else p)
+    _launch(_softmax_fwd_kernel, tensors, scores, mask, causal_rows, scaling, ROW_STATS=row_stats)
     return p, stats
 
 
-def softmax_bwd(grad_p: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+def softmax_bwd(
+    grad_p: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    causal_rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """dS [B, H, T, S] in scores' dtype from dP (contiguous) and the forward's inputs."""
     grad_s = torch.empty_like(scores)
-    tensors = (grad_p, scores, mask if mask is not None else scores, grad_s)
-    _launch(_softmax_bwd_kernel, tensors, scores, mask, scaling)
+    tensors = (grad_p, scores, _or(mask, scores), _or(causal_rows, scores), grad_s)
+    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling)
     return grad_s
+
+
+def _or(tensor: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """A pointer argument for an optional tensor: the kernel does not read it when its flag is off."""
+    return tensor if tensor is not None else placeholder

@@ -107,9 +107,9 @@ def _fully_masked_rows(mask: Tensor, batch: int) -> Tensor:
     return cached[1].expand(batch, -1)
 
 
-def _causal_rows(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
-    """The fully masked rows for the products' backward (ops.optical_matmul's causal_rows), where it can use them:
-    a causal mask of one head dim, gradients wanted, the kernels' eager path."""
+def _causal_rows(query: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
+    """The fully masked rows of a causal mask of one head dim on the kernels' eager path, where the softmax and the
+    products' backward use them (ops.scaled_masked_softmax's and ops.optical_matmul's causal_rows)."""
     if (
         not causal
         or mask is None
@@ -117,7 +117,6 @@ def _causal_rows(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
         or mask.shape[1] != 1
         or mask.shape[0] not in (1, query.shape[0])
         or mask.shape[2] != query.shape[2]
-        or not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad))
         or not use_kernels(query)
         or torch.compiler.is_compiling()
     ):
@@ -169,9 +168,9 @@ def optical_attention_forward(
     causal = attention_mask is not None and bool(
         getattr(module, "is_causal", False) if is_causal is None else is_causal
     )
-    # Under the causal mask, S's gradient and P are 0 above the diagonal except in fully masked rows: the products'
-    # backward skips those tiles (benchmarks/NOTES.md 36)
-    causal_rows = _causal_rows(query, key, value, attention_mask, causal)
+    # Under the causal mask, P and S's gradient are 0 above the diagonal except in fully masked rows: the softmax
+    # reads only up to it and the products' backward skips those tiles (benchmarks/NOTES.md 36, 38)
+    causal_rows = _causal_rows(query, attention_mask, causal)
     scores, s_min, s_max = ops.optical_matmul(
         query,
         key_t,
@@ -197,7 +196,7 @@ def optical_attention_forward(
     # Without dropout, the softmax folds P's range into the attn row itself (its kernel's row statistics: no
     # pass over P); with dropout, the range is observed after it.
     fold_p = state.av.fold_target(A, scores) if training and not (dropout > 0.0) else None
-    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, p_dtype, fold=fold_p)
+    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, p_dtype, fold=fold_p, causal_rows=causal_rows)
     probs = F.dropout(probs, p=dropout, training=training)
 
     # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------

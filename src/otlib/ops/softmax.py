@@ -25,46 +25,77 @@ def scaled_masked_softmax_reference(scores: Tensor, mask: Tensor | None, scaling
 class _ScaledMaskedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype, fold: RangeFold | None
+        ctx,
+        scores: Tensor,
+        mask: Tensor | None,
+        scaling: float,
+        dtype: torch.dtype,
+        fold: RangeFold | None,
+        causal_rows: Tensor | None,
     ) -> Tensor:
         from otlib.kernels.softmax import softmax_fwd
 
-        ctx.save_for_backward(scores, mask)
+        ctx.save_for_backward(scores, mask, causal_rows)
         ctx.scaling = scaling
-        p, row_stats = softmax_fwd(scores, mask, scaling, dtype, row_stats=fold is not None)
+        p, row_stats = softmax_fwd(scores, mask, scaling, dtype, row_stats=fold is not None, causal_rows=causal_rows)
         if fold is not None:
             minmax_fold(row_stats, fold)  # the rows' (min, max) hold P's min and max
         return p
 
     @staticmethod
-    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None, None]:
+    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None, None, None]:
         from otlib.kernels.softmax import softmax_bwd
 
-        scores, mask = ctx.saved_tensors
-        return softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling), None, None, None, None
+        scores, mask, causal_rows = ctx.saved_tensors
+        grad_s = softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling, causal_rows)
+        return grad_s, None, None, None, None, None
 
 
 def fused_softmax(
-    scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype, fold: RangeFold | None = None
+    scores: Tensor,
+    mask: Tensor | None,
+    scaling: float,
+    dtype: torch.dtype,
+    fold: RangeFold | None = None,
+    causal_rows: Tensor | None = None,
 ) -> Tensor:
     """The kernels' autograd Function (any device the kernels run on: CUDA, or the interpreter in tests)."""
-    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype, fold)
+    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype, fold, causal_rows)
 
 
 def scaled_masked_softmax(
-    scores: Tensor, mask: Tensor | None, scaling: float, dtype: torch.dtype, fold: RangeFold | None = None
+    scores: Tensor,
+    mask: Tensor | None,
+    scaling: float,
+    dtype: torch.dtype,
+    fold: RangeFold | None = None,
+    causal_rows: Tensor | None = None,
 ) -> Tensor:
     """softmax(scores · scaling + mask, fp32) in `dtype`; scores [B, H, T, S], mask additive [B or 1, 1 or H, T, S].
 
     With `fold`, P's min/max (as returned) are folded into that range row: by the softmax kernel's row
     statistics when the fused kernel runs, else by one pass over P.
+    causal_rows (bool [B, T]; attention under a causal mask): the caller's promise that the mask is finfo.min (or
+    −inf) above the causal diagonal (column > t + S − T) in every row but these, its fully masked ones. The fused
+    kernel then reads the other rows only up to the diagonal: the same values (P is exactly 0 above it).
     """
+    if causal_rows is not None and (
+        scores.dim() != 4
+        or causal_rows.dtype != torch.bool
+        or causal_rows.dim() != 2
+        or causal_rows.shape[0] not in (1, scores.shape[0])
+        or causal_rows.shape[1] != scores.shape[2]
+    ):
+        raise ValueError(
+            f"scaled_masked_softmax: causal_rows must be bool [B or 1, T] for scores [B, H, T, S] = "
+            f"{tuple(scores.shape)}, got {causal_rows.dtype} {tuple(causal_rows.shape)}"
+        )
     if use_kernels(scores) and not torch.compiler.is_compiling():
         from otlib.kernels.softmax import MAX_COLUMNS  # Triton is imported only when kernels run
 
         plain_mask = mask is None or (mask.dtype == torch.float32 and not mask.requires_grad)
         if scores.dim() == 4 and scores.shape[-1] <= MAX_COLUMNS and plain_mask:
-            return fused_softmax(scores, mask, scaling, dtype, fold)
+            return fused_softmax(scores, mask, scaling, dtype, fold, causal_rows)
     p = scaled_masked_softmax_reference(scores, mask, scaling, dtype)
     if fold is not None:
         minmax_fold(p, fold)
