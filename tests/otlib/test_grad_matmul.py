@@ -35,15 +35,25 @@ def _attention_operands(dtype, batch=2, heads=6, kv_heads=2, t_len=70, s_len=130
     return q, k_t, grad_c
 
 
+def _value_operands(dtype, batch=2, heads=6, kv_heads=2, t_len=70, s_len=130, head_dim=32):
+    """P [B, H, T, S] contiguous, value [B, Hkv, S, D] and grad_c [B, H, T, D] as views of [B, S, Hkv, D] /
+    [B, T, H, D]: the P·V product, whose dP = grad_c · valueᵀ reduces over D in one K step."""
+    p = torch.rand(batch, heads, t_len, s_len, device=DEVICE).to(dtype)
+    v = torch.randn(batch, s_len, kv_heads, head_dim, device=DEVICE).to(dtype).transpose(1, 2)
+    grad_c = torch.randn(batch, t_len, heads, head_dim, device=DEVICE).to(dtype).transpose(1, 2)
+    return p, v, grad_c
+
+
 def _tol(ref, dtype):
     return {"rtol": RTOL[dtype], "atol": 1e-6 * ref.abs().max().item()}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gradients_match_the_fp32_reference_in_the_operands_layout(dtype):
+@pytest.mark.parametrize("product", ["Q·Kᵀ", "P·V"])
+def test_gradients_match_the_fp32_reference_in_the_operands_layout(dtype, product):
     from otlib.kernels.grad_matmul import grouped_matmul_grads
 
-    a, b, grad_c = _attention_operands(dtype)
+    a, b, grad_c = (_attention_operands if product == "Q·Kᵀ" else _value_operands)(dtype)
     group = a.shape[1] // b.shape[1]
     ga, gb = grouped_matmul_grads(a, b, grad_c, True, True)
     ref_a = grouped_bmm_reference(grad_c, b.transpose(-1, -2), 1, 1, 1, group, a.shape[1])
@@ -73,6 +83,7 @@ def test_results_do_not_depend_on_the_tile_config():
     from otlib.kernels.grad_matmul import X_LOWER, X_UPPER_T, autotune_configs, grouped_bmm
 
     a, b, grad_c = _attention_operands(torch.bfloat16, batch=2, t_len=300, s_len=260, head_dim=64)
+    _, value, grad_o = _value_operands(torch.bfloat16, batch=2, t_len=300, s_len=260, head_dim=64)
     rows = torch.zeros(2, 300, dtype=torch.uint8, device=DEVICE)
     rows[0, 5] = 1
     results = []
@@ -85,6 +96,8 @@ def test_results_do_not_depend_on_the_tile_config():
             grouped_bmm(grad_c, b.transpose(-1, -2), torch.empty_like(a), red=1, xm=1, ym=1, yd=3, causal=X_LOWER, **causal),
             grouped_bmm(grad_c.transpose(-1, -2), a, torch.empty_like(b).transpose(-1, -2), red=3, xm=3, ym=3, yd=1,
                         causal=X_UPPER_T, **causal),
+            grouped_bmm(grad_o, value.transpose(-1, -2), torch.empty(2, 6, 300, 260, device=DEVICE).bfloat16(),
+                        red=1, xm=1, ym=1, yd=3, config=meta),  # dP: K = 64, one step without a loop
         ))  # fmt: skip
     for got in results[1:]:
         assert all(torch.equal(x, y) for x, y in zip(got, results[0], strict=True))

@@ -75,6 +75,7 @@ def _grouped_bmm_kernel(
     sc_m,
     sc_n,
     CAUSAL: tl.constexpr,
+    ONE_STEP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -102,14 +103,19 @@ def _grouped_bmm_kernel(
     if CAUSAL == _X_UPPER_T:  # K tiles wholly left of column pid_m·BLOCK_M − DIAG are 0 but for full rows
         k_lo = tl.maximum(pid_m * BLOCK_M - DIAG, 0) // BLOCK_K * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in range(0, RED):
-        x_base = x_ptr + batch.to(tl.int64) * sx_b + (j * XM + g).to(tl.int64) * sx_h + x_tile
-        y_base = y_ptr + batch.to(tl.int64) * sy_b + ((j * YM + g) // YD).to(tl.int64) * sy_h + y_tile
-        for k0 in range(0, k_lo, BLOCK_K):  # X_UPPER_T: the zero tiles, in K order, where a full row needs them
-            if _any_full(rows, k0 + offs_k, K):
+    if ONE_STEP:  # K ≤ BLOCK_K, one product (dP = dO·Vᵀ): no loop, so no pipeline buffers in shared memory
+        x_base = x_ptr + batch.to(tl.int64) * sx_b + (j * XM).to(tl.int64) * sx_h + x_tile
+        y_base = y_ptr + batch.to(tl.int64) * sy_b + (j * YM // YD).to(tl.int64) * sy_h + y_tile
+        acc = _k_step(acc, x_base, y_base, 0, K, sx_k, sy_k, offs_k, m_ok, n_ok)
+    else:
+        for g in range(0, RED):
+            x_base = x_ptr + batch.to(tl.int64) * sx_b + (j * XM + g).to(tl.int64) * sx_h + x_tile
+            y_base = y_ptr + batch.to(tl.int64) * sy_b + ((j * YM + g) // YD).to(tl.int64) * sy_h + y_tile
+            for k0 in range(0, k_lo, BLOCK_K):  # X_UPPER_T: the zero tiles, in K order, where a full row needs them
+                if _any_full(rows, k0 + offs_k, K):
+                    acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, m_ok, n_ok)
+            for k0 in range(k_lo, k_hi, BLOCK_K):
                 acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, m_ok, n_ok)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, m_ok, n_ok)
     c_base = c_ptr + batch.to(tl.int64) * sc_b + j.to(tl.int64) * sc_h
     tl.store(c_base + offs_m[:, None] * sc_m + offs_n[None, :] * sc_n, cast_for_store(acc, c_ptr), mask=m_ok & n_ok)
 
@@ -161,7 +167,9 @@ def grouped_bmm(
     rows_arg, s_rows = (rows, rows.stride(0)) if causal != NOT_CAUSAL else (out, 0)
     args = (x, y, out, rows_arg, M, N, K, J, red, xm, ym, yd, diag, s_rows, *x.stride(), *y.stride(), *out.stride())
     key = (M, N, K, red, *x.stride()[2:], *y.stride()[2:], causal)  # the autotuner's key
-    _GROUPED_BMM(key, tile_grid(M, N, B * J), args, {"CAUSAL": causal}, config=config)
+    # one K step without a loop: the store-bound dP (K = 64) gets more resident programs (benchmarks/NOTES.md 39)
+    one_step = BLOCK_K.value >= K and red == 1 and causal == NOT_CAUSAL
+    _GROUPED_BMM(key, tile_grid(M, N, B * J), args, {"CAUSAL": causal, "ONE_STEP": one_step}, config=config)
     return out
 
 

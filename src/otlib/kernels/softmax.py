@@ -30,7 +30,11 @@ def _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr, BLO
     if HAS_ROWS:
         t = row % T
         full = tl.load(rows_ptr + (row // (H * T)) * rs_b + t * rs_t)
-        read = ok & (full | (cols <= t + S - T))
+        # up to the diagonal (column t + S − T), rounded up to a multiple of 16 columns: a bound the compiler knows
+        # to be a multiple of 16 keeps the loads vectorised (a per-column bound made them scalar and the kernels
+        # slower than reading the whole row); the few extra columns are masked ones, P = 0 either way
+        last = tl.where(full, S, ((t + S - T) // 16 + 1) * 16)
+        read = ok & (cols < last)
     else:
         read = ok
     return cols, ok, read
