@@ -5,7 +5,8 @@ Run on a GPU machine from the repository root:
 CUDA-graph replays (host time excluded), do_bench medians in µs per call, two markdown tables to stdout and --out:
 - the fold of one tensor's min/max into a range row (`otlib.kernels.ranges.minmax_fold_`, an EMA step) against
   the torch path it replaced (aminmax, stack, mul_, add_), at the tensors a 60M step observes, with the time
-  of one read of the tensor at 4 TB/s;
+  of one read of the tensor at 4 TB/s; and a linear's two operands folded (and its call counter advanced) in
+  one launch against two folds and the counter's add_;
 - the softmax forward (with and without P's row statistics) and backward at 8 × H × 1024², bf16 scores, the
   causal fp32 mask, per warps per row (`--warps`; `*` marks the kernels' own choice), also given the mask's
   fully masked rows (`causal_rows`: the rows read only up to the diagonal), and the torch ops
@@ -72,6 +73,27 @@ def fold_table() -> list[str]:
         floor = x.numel() * x.element_size() / 4.0e12 * 1e6
         lines.append(f"| {what} {str(dtype).removeprefix('torch.')} | {t_torch:.1f} | {t_fold:.1f} | "
                      f"{t_torch / t_fold:.2f} | {floor:.1f} |")  # fmt: skip
+    lines += ["", "| a linear's operands (x bf16, W fp32) | two folds + counter add_ µs | one launch µs | saved µs |"]
+    lines.append("|---|---|---|---|")
+    rows = torch.zeros(2, 2, device=device)
+    scratch2 = torch.tensor([[math.inf, -math.inf]] * 2, device=device)
+    tickets = torch.zeros(2, 2, dtype=torch.int32, device=device)
+    counter = torch.zeros(1, dtype=torch.int64, device=device)
+    for m, k, n in ((8192, 384, 384), (8192, 384, 1408), (8192, 1408, 384), (8192, 768, 768)):
+        x = torch.randn(m, k, device=device).bfloat16()
+        w = torch.randn(n, k, device=device)
+
+        def separate(x: torch.Tensor = x, w: torch.Tensor = w) -> None:
+            counter.add_(1)
+            minmax_fold_(x, rows[0], scratch2[0], tickets[0], BETA, first=False)
+            minmax_fold_(w, rows[1], scratch2[1], tickets[1], BETA, first=False)
+
+        def together(x: torch.Tensor = x, w: torch.Tensor = w) -> None:
+            second = (w, rows[1], scratch2[1], tickets[1], False)
+            minmax_fold_(x, rows[0], scratch2[0], tickets[0], BETA, first=False, second=second, counter=counter)
+
+        t_sep, t_one = graphed_us(separate), graphed_us(together)
+        lines.append(f"| {m} × {k} @ ({n} × {k})ᵀ | {t_sep:.1f} | {t_one:.1f} | {t_sep - t_one:.1f} |")
     return lines
 
 

@@ -155,3 +155,46 @@ def test_tracker_fold_compiles_to_the_mutating_custom_ops(monkeypatch):
         got = (step if i == 0 else compiled)(x, w, lo, hi)
         assert_equal_verbose(got, expected, f"step {i}")
         assert_equal_verbose(tracker.bounds, expected, f"step {i} (buffer)")
+
+
+@pytest.mark.parametrize("first", [(True, True), (False, True), (False, False)])
+def test_two_folds_and_the_counter_in_one_launch_equal_the_single_folds(first):
+    """A product's two operands (different sizes and dtypes, rows in different states) folded in one launch, with
+    its call counter advanced in it: the same rows as two single folds, each row's state reset, the counter + 1."""
+    x = (torch.randn(33, 70, device=DEVICE) * 3).bfloat16()  # an activation and a weight: two program shares
+    w = torch.randn(5000, device=DEVICE) - 1
+    bounds = torch.tensor([[-1.0, 2.0], [-0.5, 0.25], [7.0, 8.0]], device=DEVICE)
+    scratch = torch.tensor([[math.inf, -math.inf]] * 3, device=DEVICE)
+    tickets = torch.zeros(3, 2, dtype=torch.int32, device=DEVICE)
+    rng = torch.tensor([5, 41, 3], device=DEVICE)
+    expected = bounds.clone()
+    for row, (t, row_first) in enumerate(zip((x, w), first, strict=True)):
+        expected[row] = _torch_update(bounds[row], _aminmax(t), row_first)
+    minmax_fold_(
+        x, bounds[0], scratch[0], tickets[0], BETA, first[0],
+        second=(w, bounds[1], scratch[1], tickets[1], first[1]), counter=rng[1:2],
+    )  # fmt: skip
+    assert_equal_verbose(bounds, expected)
+    assert rng.tolist() == [5, 42, 3]
+    assert scratch[:2].flatten().tolist() == [math.inf, -math.inf] * 2 and not tickets.any()
+
+
+def test_tracker_observe_advances_the_counter_once_per_call(monkeypatch):
+    """observe() advances the call counter by one per call whichever way it folds: the device fold (kernels
+    forced on, interpreted on CPU), the torch path, and in eval."""
+    import otlib.layers.ranges as ranges_module
+    from otlib.layers import RangeTracker
+
+    x, w = torch.randn(16, 24, device=DEVICE), torch.randn(8, 24, device=DEVICE)
+    for kernels in (True, False):
+        monkeypatch.setattr(ranges_module, "use_kernels", lambda t, levels=2, on=kernels: on)
+        tracker = RangeTracker(("x", "w", "out"), BETA, device=DEVICE)
+        rng = torch.tensor([0, 0, 9], device=DEVICE)
+        tracker.observe({0: x, 1: w}, training=True, counter=rng[1:2])
+        tracker.observe({0: x * 2, 1: w}, training=True, counter=rng[1:2])
+        tracker.observe({0: x, 1: w}, training=False, counter=rng[1:2])
+        assert rng.tolist() == [0, 3, 9], f"kernels={kernels}"
+        assert_equal_verbose(
+            tracker.bounds[:2],
+            _torch_update(torch.stack([_aminmax(x), _aminmax(w)]), torch.stack([_aminmax(x * 2), _aminmax(w)]), False),
+        )

@@ -69,9 +69,8 @@ def _fold_program_range(lo, hi, has_nan, row_ptr, scratch_ptr, ticket_ptr, beta,
 
 
 @triton.jit
-def _minmax_fold_kernel(x_ptr, numel, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    programs = tl.num_programs(0)
+def _fold_share(x_ptr, numel, pid, programs, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, BLOCK: tl.constexpr):
+    """Program `pid` of `programs` reduces its share of x and folds it into the row (minmax_fold_)."""
     lo = tl.full([BLOCK], float("inf"), tl.float32)
     hi = tl.full([BLOCK], float("-inf"), tl.float32)
     nan = tl.zeros([BLOCK], tl.int32)
@@ -86,6 +85,45 @@ def _minmax_fold_kernel(x_ptr, numel, row_ptr, scratch_ptr, ticket_ptr, beta, al
         tl.min(lo, axis=0), tl.max(hi, axis=0), tl.max(nan, axis=0), row_ptr, scratch_ptr, ticket_ptr,
         beta, alpha, first, programs,
     )  # fmt: skip
+
+
+@triton.jit
+def _minmax_fold_kernel(
+    x_ptr,
+    numel_x,
+    row_x,
+    scratch_x,
+    ticket_x,
+    first_x,
+    programs_x,
+    y_ptr,
+    numel_y,
+    row_y,
+    scratch_y,
+    ticket_y,
+    first_y,
+    counter_ptr,
+    beta,
+    alpha,
+    TWO: tl.constexpr,
+    COUNT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Programs [0, programs_x) fold x into its row; with TWO, the others fold y into its own. With COUNT, program
+    0 also advances the int64 call counter by one (the op's Philox counter, read only by later launches)."""
+    pid = tl.program_id(0)
+    if COUNT:
+        tl.store(counter_ptr, tl.load(counter_ptr, mask=pid == 0, other=0) + 1, mask=pid == 0)
+    if TWO:
+        if pid >= programs_x:
+            _fold_share(
+                y_ptr, numel_y, pid - programs_x, tl.num_programs(0) - programs_x, row_y, scratch_y, ticket_y,
+                beta, alpha, first_y, BLOCK,
+            )  # fmt: skip
+        else:
+            _fold_share(x_ptr, numel_x, pid, programs_x, row_x, scratch_x, ticket_x, beta, alpha, first_x, BLOCK)
+    else:
+        _fold_share(x_ptr, numel_x, pid, programs_x, row_x, scratch_x, ticket_x, beta, alpha, first_x, BLOCK)
 
 
 @triton.jit
@@ -124,24 +162,44 @@ def minmax_fold_(
     ticket: torch.Tensor,
     beta: float,
     first: bool,
+    *,
+    second: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool] | None = None,
+    counter: torch.Tensor | None = None,
 ) -> None:
     """Fold min/max of `x` (any float dtype, numel > 0) into `row` (fp32 [2], contiguous): set it when `first`,
     else the EMA with smoothing factor `beta`. `scratch` fp32 [2] = (+inf, −inf) and `ticket` int32 [2] = 0 are
-    the row's reduction state; they are back to those values when the kernel ends."""
-    flat = dense_flat(x)
-    numel = flat.numel()
-    if numel == 0:  # an empty batch has no range (torch.aminmax raises too); folding (+inf, −inf) would poison the row
-        raise ValueError(f"minmax_fold_: cannot take the range of an empty tensor of shape {tuple(x.shape)}")
-    programs = max(1, min(triton.cdiv(numel, BLOCK), _max_programs(x.device)))
-    _minmax_fold_kernel[(programs,)](
-        flat,
-        numel,
-        row,
-        scratch,
-        ticket,
+    the row's reduction state; they are back to those values when the kernel ends.
+
+    second = (y, row, scratch, ticket, first): fold y into another row in the same launch (a product's two
+    operands). counter: an int64 tensor whose first element the launch advances by one (the call counter)."""
+    targets = [(x, row, scratch, ticket, first)] + ([second] if second is not None else [])
+    flats, programs = [], []
+    for t, *_ in targets:
+        flat = dense_flat(t)
+        if flat.numel() == 0:  # an empty batch has no range (torch.aminmax raises too): it would poison the row
+            raise ValueError(f"minmax_fold_: cannot take the range of an empty tensor of shape {tuple(t.shape)}")
+        flats.append(flat)
+        programs.append(max(1, min(triton.cdiv(flat.numel(), BLOCK), _max_programs(t.device))))
+    (_, row_x, scratch_x, ticket_x, first_x), (_, row_y, scratch_y, ticket_y, first_y) = targets[0], targets[-1]
+    _minmax_fold_kernel[(sum(programs),)](
+        flats[0],
+        flats[0].numel(),
+        row_x,
+        scratch_x,
+        ticket_x,
+        int(first_x),
+        programs[0],
+        flats[-1],
+        flats[-1].numel(),
+        row_y,
+        scratch_y,
+        ticket_y,
+        int(first_y),
+        counter if counter is not None else ticket_x,
         _fp32(beta),
         _fp32(1.0 - beta),
-        int(first),
+        TWO=second is not None,
+        COUNT=counter is not None,
         BLOCK=BLOCK,
         num_warps=8,
         **LAUNCH_OPTS,

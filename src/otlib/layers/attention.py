@@ -147,12 +147,10 @@ def optical_attention_forward(
     cfg, training, mase = state.layer_config, module.training, state.numerics == "mase"
     # The ops group heads themselves (query head h uses K/V head h // (H / Hkv)): no repeat_kv copy.
     key_t = key.transpose(-1, -2)  # [B, Hkv, D, S]: the SLM operand of Q·Kᵀ
-    with torch.no_grad():  # fresh dither per call for both products, on the device
-        state.rng_qk[1].add_(1)
-        state.rng_av[1].add_(1)
+    # each product's call counter advances on the device (fresh dither per call), in its operands' range fold
 
     # --- S = Q_stoch(Q_det(Q)·LUT(Q_det(Kᵀ)); qk range) -----------------------------------------------
-    qk_ranges = state.qk.observe({A: query, B: key}, training)
+    qk_ranges = state.qk.observe({A: query, B: key}, training, counter=state.rng_qk[1:2])
     calibrate_qk = not state.qk.is_set(OUT)
     if mase and calibrate_qk:  # set once from scaled logits, then frozen
         stats = _qk_range_mase(query, repeat_kv(key, query.shape[1] // key.shape[1]), scaling)
@@ -202,9 +200,9 @@ def optical_attention_forward(
     # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------
     if fold_p is not None:
         state.av.mark_set(A)
-        av_ranges = state.av.observe({B: value}, training)
+        av_ranges = state.av.observe({B: value}, training, counter=state.rng_av[1:2])
     else:
-        av_ranges = state.av.observe({A: probs, B: value}, training)
+        av_ranges = state.av.observe({A: probs, B: value}, training, counter=state.rng_av[1:2])
     out, o_min, o_max = ops.optical_matmul(
         probs,
         value,

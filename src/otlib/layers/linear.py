@@ -130,9 +130,8 @@ class OpticalLinear(nn.Linear):
         weight = self.effective_weight()
         if cfg.q_bypass:
             return F.linear(x, weight, self.bias)
-        with torch.no_grad():
-            self.rng[1].add_(1)  # on the device: a fresh dither stream per call, no sync
-        ranges = self.stats.observe({X: x, W: weight}, self.training)
+        # the call counter advances on the device (a fresh dither stream per call, no sync), in the ranges' fold
+        ranges = self.stats.observe({X: x, W: weight}, self.training, counter=self.rng[1:2])
         y, out_min, out_max = ops.optical_linear(
             x,
             weight,

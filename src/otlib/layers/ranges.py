@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from otlib.ops._dispatch import use_kernels
-from otlib.ops.ranges import RangeFold, minmax_fold, pair_fold
+from otlib.ops.ranges import RangeFold, minmax_folds, pair_fold
 
 
 def exact_quantiles(t: Tensor, quantiles: tuple[float, float]) -> Tensor:
@@ -191,27 +191,21 @@ class RangeTracker(nn.Module):
             for row in rows:
                 self.mark_set(row)
 
-    def observe(self, operands: Mapping[int, Tensor], training: bool) -> Tensor:
+    def observe(self, operands: Mapping[int, Tensor], training: bool, counter: Tensor | None = None) -> Tensor:
         """Ranges for one call, fp32 [n, 2], given the call's operand tensors by row.
 
         Training: fold the operands' statistics into the buffers, then return the buffers.
         Eval: rows never trained are calibrated from the batch itself (used, not stored), so an
         untrained optical model evaluates instead of producing NaN; trained rows are used as is.
+        counter: the call's Philox counter (int64, its first element), advanced by one here — in the fold's launch
+        where the device fold runs (one launch fewer per call).
         """
-        if training:
-            rows = list(operands)
-            folds = [self.fold_target(row, operands[row]) for row in rows]
-            if all(fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)):
-                for row, fold in zip(rows, folds, strict=True):
-                    minmax_fold(operands[row], fold)
-                    self.mark_set(row)
+        with torch.no_grad():
+            if training:
+                self._observe_training(operands, counter)
                 return self.bounds
-            if self.quantiles is not None:
-                stats = torch.stack([self.batch_stats(operands[row]) for row in rows])
-            else:  # one stack of every operand's (min, max): a single small launch after the reductions
-                stats = torch.stack([v for row in rows for v in torch.aminmax(operands[row].detach())]).view(-1, 2)
-            self.update_rows(rows, stats, quantiles=self.quantiles is not None)
-            return self.bounds
+            if counter is not None:
+                counter.add_(1)
         missing = [row for row in operands if not self._initialised_host[row]]
         if not missing:
             return self.bounds
@@ -219,6 +213,24 @@ class RangeTracker(nn.Module):
         for row in missing:
             bounds[row] = self.batch_stats(operands[row])
         return bounds
+
+    def _observe_training(self, operands: Mapping[int, Tensor], counter: Tensor | None) -> None:
+        rows = list(operands)
+        folds = [self.fold_target(row, operands[row]) for row in rows]
+        if len(rows) <= 2 and all(
+            fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)
+        ):
+            minmax_folds([(operands[row], fold) for row, fold in zip(rows, folds, strict=True)], counter)
+            for row in rows:
+                self.mark_set(row)
+            return
+        if counter is not None:
+            counter.add_(1)
+        if self.quantiles is not None:
+            stats = torch.stack([self.batch_stats(operands[row]) for row in rows])
+        else:  # one stack of every operand's (min, max): a single small launch after the reductions
+            stats = torch.stack([v for row in rows for v in torch.aminmax(operands[row].detach())]).view(-1, 2)
+        self.update_rows(rows, stats, quantiles=self.quantiles is not None)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(*args, **kwargs)

@@ -1,10 +1,12 @@
-"""Range-statistics updates folded on the device (otlib.kernels.ranges): one launch per observed tensor.
+"""Range-statistics updates folded on the device (otlib.kernels.ranges): one launch per product's operands.
 
 `RangeFold` names one RangeTracker row and its reduction state. `minmax_fold` folds a tensor's min/max into
-it, `pair_fold` an already-reduced (min, max) pair (a product's accumulator range). Eager calls launch the
-kernel directly; under torch.compile they are custom ops that mutate the tracker's buffers.
+it, `minmax_folds` the two operands of a product into their rows in one launch (advancing the product's call
+counter in it too), `pair_fold` an already-reduced (min, max) pair (a product's accumulator range). Eager calls
+launch the kernel directly; under torch.compile they are custom ops that mutate the tracker's buffers.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +58,28 @@ def _(lo, hi, bounds, row, beta, first):
 
 def minmax_fold(x: Tensor, fold: RangeFold) -> None:
     """Fold min/max of `x` (CUDA, numel > 0) into the row: NaN anywhere gives NaN, as torch.aminmax."""
-    call = _minmax_fold_op if torch.compiler.is_compiling() else _minmax_fold
-    call(x, fold.bounds, fold.scratch, fold.tickets, fold.row, fold.beta, fold.first)
+    minmax_folds([(x, fold)])
+
+
+def minmax_folds(targets: Sequence[tuple[Tensor, RangeFold]], counter: Tensor | None = None) -> None:
+    """minmax_fold of each (tensor, row) — one or two, of one tracker — and `counter` (int64, its first element)
+    advanced by one: eagerly in one launch, under torch.compile by the custom ops and an in-place add."""
+    if not 1 <= len(targets) <= 2 or len({fold.beta for _, fold in targets}) != 1:
+        raise ValueError(f"minmax_folds: one or two targets of one smoothing factor, got {len(targets)}")
+    if torch.compiler.is_compiling():
+        for x, fold in targets:
+            _minmax_fold_op(x, fold.bounds, fold.scratch, fold.tickets, fold.row, fold.beta, fold.first)
+        if counter is not None:
+            counter.add_(1)
+        return
+    from otlib.kernels.ranges import minmax_fold_
+
+    (x, fold), second = targets[0], None
+    if len(targets) == 2:
+        y, other = targets[1]
+        second = (y.detach(), other.bounds[other.row], other.scratch[other.row], other.tickets[other.row], other.first)
+    row, scratch, ticket = fold.bounds[fold.row], fold.scratch[fold.row], fold.tickets[fold.row]
+    minmax_fold_(x.detach(), row, scratch, ticket, fold.beta, fold.first, second=second, counter=counter)
 
 
 def pair_fold(lo: Tensor, hi: Tensor, fold: RangeFold) -> None:
