@@ -198,3 +198,22 @@ def test_tracker_observe_advances_the_counter_once_per_call(monkeypatch):
             tracker.bounds[:2],
             _torch_update(torch.stack([_aminmax(x), _aminmax(w)]), torch.stack([_aminmax(x * 2), _aminmax(w)]), False),
         )
+
+
+def test_tracker_folds_three_operands_in_two_launches(monkeypatch):
+    """More operands than a launch takes (two): folded two at a time, the counter advanced once, the rows those of
+    the torch path."""
+    import otlib.layers.ranges as ranges_module
+    from otlib.layers import RangeTracker
+
+    operands = {row: torch.randn(10 + row, 7, device=DEVICE) * (row + 1) for row in range(3)}
+    results = []
+    for kernels in (True, False):
+        monkeypatch.setattr(ranges_module, "use_kernels", lambda t, levels=2, on=kernels: on)
+        tracker = RangeTracker(("a", "b", "c"), BETA, device=DEVICE)
+        counter = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+        for step in range(2):
+            tracker.observe({row: x + step for row, x in operands.items()}, training=True, counter=counter)
+        assert counter.item() == 2 and tracker._initialised_host == [True] * 3
+        results.append(tracker.bounds)
+    assert_equal_verbose(results[0], results[1])

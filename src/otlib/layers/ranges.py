@@ -217,15 +217,17 @@ class RangeTracker(nn.Module):
     def _observe_training(self, operands: Mapping[int, Tensor], counter: Tensor | None) -> None:
         rows = list(operands)
         folds = [self.fold_target(row, operands[row]) for row in rows]
-        if len(rows) <= 2 and all(
-            fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)
-        ):
-            minmax_folds([(operands[row], fold) for row, fold in zip(rows, folds, strict=True)], counter)
+        if rows and all(fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)):
+            targets = [(operands[row], fold) for row, fold in zip(rows, folds, strict=True)]
+            for i in range(0, len(targets), 2):  # two per launch (a product's operands); the counter in the first
+                minmax_folds(targets[i : i + 2], counter if i == 0 else None)
             for row in rows:
                 self.mark_set(row)
             return
         if counter is not None:
             counter.add_(1)
+        if not rows:
+            return
         if self.quantiles is not None:
             stats = torch.stack([self.batch_stats(operands[row]) for row in rows])
         else:  # one stack of every operand's (min, max): a single small launch after the reductions
