@@ -206,3 +206,33 @@ def test_autocast_casts_operands_and_keeps_fp32_product():
     assert c.dtype == torch.bfloat16 and lo.dtype == torch.float32 and lo < hi
     r, _, _ = optical_matmul(a.bfloat16(), b.bfloat16(), ranges, rng, levels=LEVELS, lut_min=LUT)
     assert torch.equal(c, r)
+
+
+def test_head_transposed_query_is_not_copied():
+    """The kernel path encodes a head-transposed 4-D operand (attention's query, a view of [B, T, H, D]) in place:
+    no copy of it where the GEMM does not encode A itself (N > 128). Copies that read the query's memory, counted
+    at the aten level (the interpreter copies its arguments back onto themselves afterwards: not counted)."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    query = torch.randn(2, 160, 4, 16, device=DEVICE).transpose(1, 2)  # [B, H, T, D] view
+    key_t = torch.randn(2, 2, 16, 160, device=DEVICE) / 4
+    ranges, rng = _state(query, key_t, 2.0)
+    storage = query.untyped_storage().data_ptr()
+
+    class QueryCopies(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.copies = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            source = {torch.ops.aten.clone: 0, torch.ops.aten.copy_: 1}.get(func.overloadpacket)  # the tensor read
+            reads_query = source is not None and args[source].untyped_storage().data_ptr() == storage
+            onto_itself = source == 1 and args[0].untyped_storage().data_ptr() == storage
+            if reads_query and not onto_itself:
+                self.copies.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with QueryCopies() as counter:
+        _kernel(query, key_t, ranges, rng, levels=LEVELS, lut_min=LUT, numerics="fixed", calibrate_out=False)
+    assert counter.copies == []

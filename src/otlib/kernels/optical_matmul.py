@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._shapes import broadcast_shapes
 from .quantize import operand_codes
 from .utils import (
     EPS_BITS,
@@ -396,12 +397,13 @@ def optical_matmul_fwd(
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
     minmax = new_minmax(a.device)
-    a3 = a.reshape(math.prod(lead_a), M, K)
+    # a as [G, M, K] only where it is read that way: for a head-transposed view (the query) it is a copy
+    needs_a3 = a.dim() != 4 or bool(raw_a) or (raw_a is None and N <= RAW_A_MAX_N)
+    a3 = a.reshape(math.prod(lead_a), M, K) if needs_a3 else None
     if raw_a is None:
-        raw_a = raw_a_pays(a3, N)
+        raw_a = a3 is not None and raw_a_pays(a3, N)
     if raw_a:
-        a3 = a3.contiguous()  # no copy where raw_a_pays
-        a_codes, a_sums = a3, None
+        a_codes, a_sums = a3.contiguous(), None  # no copy where raw_a_pays
     else:  # a 4-D operand is encoded in place (the encoder takes [B, H, R, C] strides): no copy of a view
         a_codes, a_sums = operand_codes(a if a.dim() == 4 else a3, ranges, 0, n, minmax=minmax)
     # b as [G, N, K] (or [B, H, N, K]): codes come out K-contiguous, as the GEMM's tiles are read; with raw a, this
@@ -412,7 +414,7 @@ def optical_matmul_fwd(
     if lead_a and lead_b and lead_b[-1] not in (1, lead_a[-1]) and lead_a[-1] % lead_b[-1] == 0:
         group = lead_a[-1] // lead_b[-1]
     lead_b_heads = [*lead_b[:-1], lead_b[-1] * group] if lead_b else []
-    lead = list(torch.broadcast_shapes(tuple(lead_a), tuple(lead_b_heads)))
+    lead = list(broadcast_shapes(lead_a, lead_b_heads))
     h = lead[-1] if lead else 1
 
     def fold(t: torch.Tensor, lead_t: list[int], heads: int, inner: list[int]) -> torch.Tensor:

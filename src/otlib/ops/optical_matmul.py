@@ -15,6 +15,7 @@ Entry points as in optical_linear.py: the custom op "otlib::optical_matmul" unde
 import torch
 from torch import Tensor
 
+from .._shapes import broadcast_shapes
 from ._dispatch import check_common, check_state, op_entry, use_kernels
 from ._kernel_path import matmul_kernel_path
 from .reference import expand_groups, optical_matmul_ref
@@ -24,7 +25,7 @@ def _out_shape(a: Tensor, b: Tensor) -> list[int]:
     lead_b = list(b.shape[:-2])
     if a.dim() >= 3 and b.dim() >= 3 and b.shape[-3] not in (1, a.shape[-3]) and a.shape[-3] % b.shape[-3] == 0:
         lead_b[-1] = a.shape[-3]  # grouped heads
-    lead = torch.broadcast_shapes(tuple(a.shape[:-2]), tuple(lead_b))
+    lead = broadcast_shapes(a.shape[:-2], lead_b)
     return [*lead, a.shape[-2], b.shape[-1]]
 
 
