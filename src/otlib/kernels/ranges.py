@@ -1,4 +1,5 @@
-"""Range statistics on the device: a tensor's min/max folded into a RangeTracker row in one launch.
+"""Range statistics on the device: a tensor's min/max folded into a RangeTracker row in one launch — or a
+product's two operands into their two rows, advancing its call counter in the same launch (benchmarks/NOTES.md 40).
 
 The grid reduces its share of the tensor and folds it into the row's scratch pair by relaxed atomics; the
 last program to arrive (an acq_rel ticket) applies the update to the bounds row — the batch (min, max) on

@@ -8,8 +8,8 @@ row sums run in another order than torch's, so P may differ from the reference b
 its rounding to P's dtype (tests/otlib/test_softmax.py states the bounds).
 
 Given the fully masked rows of a causal mask (`causal_rows`, bool [B, T]), every other row reads S, the mask and
-dP only up to its causal diagonal (column ≤ t + S − T): above it the mask's finfo.min makes P exactly 0, so the
-skipped columns give the same bits (P = 0, dS = 0; benchmarks/NOTES.md 38).
+dP only up to its causal diagonal (column t + S − T, rounded up to 16 columns): above it the mask's finfo.min
+makes P exactly 0, so the skipped columns give the same bits (P = 0, dS = 0; benchmarks/NOTES.md 38).
 """
 
 import torch
