@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from report import emit, host_syncs  # benchmarks/report.py (scripts run from this folder)
+from report import emit, host_syncs, require_cuda  # benchmarks/report.py (scripts run from this folder)
 from torch import Tensor, nn
 
 # (name, batch, query heads, KV heads, head_dim)
@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block", type=int, default=1024, help="T, the sequence length")
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_attention.py needs a CUDA GPU")
+    require_cuda(__file__)
     import transformers
     import triton
 

@@ -18,7 +18,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from report import emit  # benchmarks/report.py (scripts run from this folder)
+from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
 # name → (batch, query heads, KV heads, head_dim)
 SHAPES = {"60M": (8, 6, 2, 64), "200M": (8, 12, 4, 64), "600M": (4, 18, 6, 64)}
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block", type=int, default=1024, help="T, the sequence length")
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_attention_grads.py needs a CUDA GPU")
+    require_cuda(__file__)
     import triton
 
     torch.manual_seed(0)

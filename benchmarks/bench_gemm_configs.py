@@ -13,7 +13,7 @@ configs instead of the autotune list (results never depend on the config: tested
 import argparse
 
 import torch
-from report import emit, short  # benchmarks/report.py (scripts run from this folder)
+from report import emit, require_cuda, short  # benchmarks/report.py (scripts run from this folder)
 
 # name → (batch·heads G, M, N, K, causal)
 SHAPES = {
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
     ap.add_argument("--configs", type=parse_configs, default=None, help="BMxBNxBK:wW:sS,... (default: autotune list)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_gemm_configs.py needs a CUDA GPU")
+    require_cuda(__file__)
     import triton
 
     from otlib.kernels.optical_matmul import autotune_configs

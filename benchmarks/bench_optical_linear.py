@@ -15,7 +15,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from report import emit  # benchmarks/report.py (scripts run from this folder)
+from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 from torch import nn
 
 # (name, K, N) of the 60M / 200M / 600M Llamas' q, up and down projections (docs/performance.md)
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", default=None, help="comma-separated shape names to run (default: all)")
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_optical_linear.py needs a CUDA GPU")
+    require_cuda(__file__)
     import triton
 
     m = args.tokens

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from report import emit  # benchmarks/report.py (scripts run from this folder)
+from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
 # (what, shape, dtype): a weight, the activations of the 60M attention and MLP inputs, P, and V
 FOLD_SHAPES = [
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warps", default="1,2,4,8", help="softmax: warps per 1024-column row to time (comma list)")
     ap.add_argument("--out", default=None, help="write the markdown tables here too (atomically)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_statistics.py needs a CUDA GPU")
+    require_cuda(__file__)
     import triton
 
     heads = [int(v) for v in args.heads.split(",")]

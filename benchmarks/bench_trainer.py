@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from report import emit
+from report import emit, require_cuda
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run (>= 4)")
     ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_trainer.py needs a CUDA GPU")
+    require_cuda(__file__)
     if args.steps < 4:
         ap.error("--steps must be >= 4")
     lines = [

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from report import emit, host_syncs, short  # benchmarks/report.py (scripts run from this folder)
+from report import emit, host_syncs, require_cuda, short  # benchmarks/report.py (scripts run from this folder)
 
 PRESETS = {"60m": "clm-60m-shape", "200m": "clm-200m-shape"}
 MODES = ("digital", "optical")
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.warmup < 2 or args.steps < 1:
         ap.error("--warmup must be >= 2 and --steps >= 1")
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_training_step.py needs a CUDA GPU")
+    require_cuda(__file__)
     import transformers
     import triton
 

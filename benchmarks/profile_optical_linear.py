@@ -8,6 +8,7 @@ Prints the operators sorted by self CPU time (host overhead: launches, Python op
 import argparse
 
 import torch
+from report import require_cuda  # benchmarks/report.py (scripts run from this folder)
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -19,8 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=384)
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("profile_optical_linear.py needs a CUDA GPU")
+    require_cuda(__file__)
     from otlib.layers import OpticalLinear
 
     layer = OpticalLinear.from_linear(nn.Linear(args.k, args.n, bias=False, device="cuda"))

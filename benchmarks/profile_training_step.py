@@ -11,6 +11,7 @@ import argparse
 
 import torch
 from bench_training_step import MODES, PRESETS, build_model, csv_choice, make_step
+from report import require_cuda  # benchmarks/report.py (scripts run from this folder)
 
 
 def kernel_times(step, steps: int) -> list[tuple[float, int, str]]:
@@ -39,8 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=28)
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("profile_training_step.py needs a CUDA GPU")
+    require_cuda(__file__)
     for mode in args.modes:
         model = build_model(args.model, mode, torch.device("cuda"))
         step = make_step(model, args.batch, args.block, "eager", args.warmup)

@@ -1,9 +1,17 @@
-"""Shared by the benchmark scripts: the atomic write of a markdown table, and the host-sync check."""
+"""Shared by the benchmark scripts: the GPU check, the atomic write of a markdown table, and the host-sync check."""
 
 import os
 import tempfile
 import traceback
 from collections.abc import Callable
+
+
+def require_cuda(script: str) -> None:
+    """Stop with a one-line message when no CUDA GPU is present (`script`: the caller's __file__)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{os.path.basename(script)} needs a CUDA GPU")
 
 
 def write_atomic(path: str, text: str) -> None:

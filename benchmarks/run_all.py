@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import write_atomic  # benchmarks/report.py (scripts run from this folder)
+from report import require_cuda, write_atomic  # benchmarks/report.py (scripts run from this folder)
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,10 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         help="training-step variants (comma list; compiled,cudagraphs add torch.compile runs of minutes each)",
     )
     args = ap.parse_args(argv)
-    import torch
 
-    if not torch.cuda.is_available():
-        raise SystemExit("run_all.py needs a CUDA GPU")
+    require_cuda(__file__)
     sections = [f"# otlib benchmarks, {time.strftime('%Y-%m-%d')}", "", f"**Hardware / software:** {hardware_line()}"]
     with tempfile.TemporaryDirectory() as workdir:
         for title, bench_argv in benchmark_commands(args).items():
