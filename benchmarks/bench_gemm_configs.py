@@ -5,9 +5,10 @@ Run on a GPU machine from the repository root:
 Operands are encoded once (operand_codes), then `optical_gemm` runs with each config of the autotune list
 (kernels/optical_matmul.py) fixed, read-out on, bf16 output: what the autotuner chooses between, and how far
 the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ (full, and causal:
-no read-out above the diagonal) and P·V of the 60M model (batch 8, 6 heads, T = 1024, head_dim 64), and the
-60M and 600M up projections at M = 8192 / 16384 tokens. `--configs 64x64x64:w8:s2,...` times candidate tile
-configs instead of the autotune list (results never depend on the config: tested on the GPU). Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
+no read-out above the diagonal) and P·V of the 60M model (batch 8, 6 heads, T = 1024, head_dim 64), the causal
+Q·Kᵀ of the 200M model (12 heads), and the 60M and 600M up projections at M = 8192 / 16384 tokens. `--configs 64x64x64:w8:s2,...` times candidate tile
+configs instead of the autotune list (":r" appended: a row of tiles per program; results never depend on the
+config: tested on the GPU). Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from report import emit, require_cuda, short  # benchmarks/report.py (scripts ru
 SHAPES = {
     "60M attention Q·Kᵀ": (48, 1024, 1024, 64, False),
     "60M attention Q·Kᵀ, causal": (48, 1024, 1024, 64, True),
+    "200M attention Q·Kᵀ, causal": (96, 1024, 1024, 64, True),
     "60M attention P·V": (48, 1024, 64, 1024, False),
     "60M up 384→1408": (1, 8192, 1408, 384, False),
     "600M up 1152→4096": (1, 16384, 4096, 1152, False),
@@ -57,24 +59,22 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
 
 
 def parse_configs(text: str) -> list:
-    """ "BMxBNxBK:wW:sS" items, comma separated → triton.Config objects (GROUP_M 8, as the autotune list)."""
+    """ "BMxBNxBK:wW:sS" items, comma separated, ":r" appended for a row of tiles per program (ROW_LOOP) →
+    triton.Config objects (GROUP_M 8, as the autotune list)."""
     import triton
 
     configs = []
     for item in text.split(","):
         try:
-            tiles, warps, stages = item.strip().split(":")
+            tiles, warps, stages, *row = item.strip().split(":")
             bm, bn, bk = (int(v) for v in tiles.split("x"))
-            if not (warps.startswith("w") and stages.startswith("s")):
+            if not (warps.startswith("w") and stages.startswith("s")) or row not in ([], ["r"]):
                 raise ValueError
             num_warps, num_stages = int(warps[1:]), int(stages[1:])
         except ValueError:
-            raise argparse.ArgumentTypeError(f"bad tile config {item!r}: expected BMxBNxBK:wW:sS") from None
-        configs.append(
-            triton.Config(
-                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=num_warps, num_stages=num_stages
-            )
-        )
+            raise argparse.ArgumentTypeError(f"bad tile config {item!r}: expected BMxBNxBK:wW:sS[:r]") from None
+        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "ROW_LOOP": bool(row)}
+        configs.append(triton.Config(meta, num_warps=num_warps, num_stages=num_stages))
     return configs
 
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = args.configs or autotune_configs()
     names = [
         f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}×{c.kwargs['BLOCK_K']} w{c.num_warps} s{c.num_stages}"
+        + (" row" if c.kwargs.get("ROW_LOOP") else "")
         for c in configs
     ]
     lines = [

@@ -99,10 +99,12 @@ class TunedLaunch:
 
 
 def tile_grid(M: int, N: int, batch: int):
-    """Launch grid of a tiled GEMM: (M tiles · N tiles of the config's BLOCK_M × BLOCK_N, batch)."""
+    """Launch grid of a tiled GEMM: (M tiles · N tiles of the config's BLOCK_M × BLOCK_N, batch); M tiles only
+    where the config's ROW_LOOP has each program loop over the N tiles."""
 
     def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), batch)
+        n_tiles = 1 if meta.get("ROW_LOOP") else triton.cdiv(N, meta["BLOCK_N"])
+        return (triton.cdiv(M, meta["BLOCK_M"]) * n_tiles, batch)
 
     return grid
 
