@@ -80,8 +80,8 @@ def autotune_configs() -> list[triton.Config]:
             # a row of tiles per program: for attention's Q·Kᵀ (K = 64, one MMA step a tile), whose tiles are
             # otherwise bound by their loads and read-out latency (benchmarks/NOTES.md 43)
             (64, 64, 64, 4, 2, True),
-            (64, 64, 64, 4, 3, True),
-            (64, 128, 64, 4, 3, True),
+            (64, 64, 64, 8, 2, True),
+            (64, 64, 64, 8, 3, True),
             (128, 64, 64, 8, 3, True),
         ]
     ]
@@ -144,17 +144,16 @@ def _optical_gemm_kernel(
     bid = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    tile_args = (
-        a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, eps_bits, M, N, K, H, GROUP, n_f,
-        stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, bid,
-    )  # fmt: skip
-    tile_meta = (READOUT, HAS_BIAS, A_RAW, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, PHILOX_TILE)
     if ROW_LOOP:
         pid_m = num_m - 1 - pid  # the longest causal read-outs first: less of a tail
         lo = tl.full((BLOCK_M,), float("inf"), tl.float32)
         hi = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         for pid_n in range(0, num_n):
-            tile_lo, tile_hi = _gemm_tile(*tile_args, pid_m, pid_n, *tile_meta)
+            tile_lo, tile_hi = _gemm_tile(
+                a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, eps_bits, M, N, K, H, GROUP,
+                n_f, stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, bid,
+                pid_m, pid_n, READOUT, HAS_BIAS, A_RAW, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, PHILOX_TILE,
+            )  # fmt: skip
             lo = tl.minimum(lo, tile_lo)
             hi = tl.maximum(hi, tile_hi)
     else:
@@ -164,7 +163,11 @@ def _optical_gemm_kernel(
         group_size = min(num_m - first_m, GROUP_M)
         pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
         pid_n = (pid % (GROUP_M * num_n)) // group_size
-        lo, hi = _gemm_tile(*tile_args, pid_m, pid_n, *tile_meta)
+        lo, hi = _gemm_tile(
+            a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, eps_bits, M, N, K, H, GROUP,
+            n_f, stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, bid,
+            pid_m, pid_n, READOUT, HAS_BIAS, A_RAW, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, PHILOX_TILE,
+        )  # fmt: skip
     # range observation of the pre-quantization accumulator (order-free: atomics). relaxed: nothing reads the
     # two scalars before the kernel ends, so no ordering (fence) is needed
     tl.atomic_min(min_ptr, tl.min(lo, axis=0), sem="relaxed")
