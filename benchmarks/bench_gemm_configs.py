@@ -6,9 +6,10 @@ Operands are encoded once (operand_codes), then `optical_gemm` runs with each co
 (kernels/optical_matmul.py) fixed, read-out on, bf16 output: what the autotuner chooses between, and how far
 the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ (full, and causal:
 no read-out above the diagonal) and P·V of the 60M model (batch 8, 6 heads, T = 1024, head_dim 64), the causal
-Q·Kᵀ of the 200M model (12 heads), and the 60M and 600M up projections at M = 8192 / 16384 tokens. `--configs 64x64x64:w8:s2,...` times candidate tile
-configs instead of the autotune list (":r" appended: a row of tiles per program; results never depend on the
-config: tested on the GPU). Medians of triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
+Q·Kᵀ of the 200M model (12 heads), and the 60M and 600M up projections at M = 8192 / 16384 tokens.
+`--configs 64x64x64:w8:s2,...` times candidate tile configs instead of the autotune list (":m128" appended: at
+most 128 registers per thread; results never depend on the config: tested on the GPU). Medians of
+triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
 """
 
 import argparse
@@ -46,6 +47,8 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
     cells = []
     for cfg in configs:
         meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        if cfg.maxnreg:
+            meta["maxnreg"] = cfg.maxnreg
 
         def run(meta=meta):
             optical_gemm(a_enc, b_enc, 1, None, ranges, rng, 255, minmax, readout=True,
@@ -59,22 +62,25 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
 
 
 def parse_configs(text: str) -> list:
-    """ "BMxBNxBK:wW:sS" items, comma separated, ":r" appended for a row of tiles per program (ROW_LOOP) →
-    triton.Config objects (GROUP_M 8, as the autotune list)."""
+    """ "BMxBNxBK:wW:sS" items, comma separated, ":mR" appended for a register cap of R per thread (maxnreg: more
+    programs resident per SM) → triton.Config objects (GROUP_M 8, as the autotune list)."""
     import triton
 
     configs = []
     for item in text.split(","):
         try:
-            tiles, warps, stages, *row = item.strip().split(":")
+            tiles, warps, stages, *cap = item.strip().split(":")
             bm, bn, bk = (int(v) for v in tiles.split("x"))
-            if not (warps.startswith("w") and stages.startswith("s")) or row not in ([], ["r"]):
+            if not (warps.startswith("w") and stages.startswith("s")) or not all(c.startswith("m") for c in cap):
                 raise ValueError
             num_warps, num_stages = int(warps[1:]), int(stages[1:])
+            maxnreg = int(cap[0][1:]) if len(cap) == 1 else None
+            if len(cap) > 1:
+                raise ValueError
         except ValueError:
-            raise argparse.ArgumentTypeError(f"bad tile config {item!r}: expected BMxBNxBK:wW:sS[:r]") from None
-        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "ROW_LOOP": bool(row)}
-        configs.append(triton.Config(meta, num_warps=num_warps, num_stages=num_stages))
+            raise argparse.ArgumentTypeError(f"bad tile config {item!r}: expected BMxBNxBK:wW:sS[:mR]") from None
+        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
+        configs.append(triton.Config(meta, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg))
     return configs
 
 
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = args.configs or autotune_configs()
     names = [
         f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}×{c.kwargs['BLOCK_K']} w{c.num_warps} s{c.num_stages}"
-        + (" row" if c.kwargs.get("ROW_LOOP") else "")
+        + (f" m{c.maxnreg}" if c.maxnreg else "")
         for c in configs
     ]
     lines = [

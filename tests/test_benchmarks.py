@@ -59,7 +59,7 @@ def test_report_is_written_atomically(tmp_path):
 def test_gemm_configs_parse_candidate_tiles():
     pytest.importorskip("triton", reason="Triton is not installed")
     module = _load("bench_gemm_configs")
-    a, b, row = module.parse_configs("64x64x64:w8:s2, 32x128x64:w4:s3, 64x64x64:w4:s2:r")
+    a, b, capped = module.parse_configs("64x64x64:w8:s2, 32x128x64:w4:s3, 64x64x64:w8:s2:m128")
     assert (a.kwargs["BLOCK_M"], a.kwargs["BLOCK_N"], a.kwargs["BLOCK_K"], a.num_warps, a.num_stages) == (
         64,
         64,
@@ -68,7 +68,7 @@ def test_gemm_configs_parse_candidate_tiles():
         2,
     )
     assert (b.kwargs["BLOCK_M"], b.kwargs["BLOCK_N"], b.num_warps, b.num_stages) == (32, 128, 4, 3)
-    assert not a.kwargs["ROW_LOOP"] and row.kwargs["ROW_LOOP"]
-    for bad in ("64x64:w8:s2", "64x64x64:8:s2", "64x64x64:w8", "64x64x64:w8:s2:x"):
+    assert a.maxnreg is None and capped.maxnreg == 128
+    for bad in ("64x64:w8:s2", "64x64x64:8:s2", "64x64x64:w8", "64x64x64:w8:s2:x", "64x64x64:w8:s2:m1:m2"):
         with pytest.raises(SystemExit):  # argparse names the bad item
             module.main(["--configs", bad])

@@ -115,7 +115,6 @@ def test_results_do_not_depend_on_the_tile_shape(readout):
         for cfg in (
             {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64 if interpreted else 32, "GROUP_M": 2},
             {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64 if interpreted else 128, "GROUP_M": 8},
-            {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64 if interpreted else 32, "GROUP_M": 8, "ROW_LOOP": True},
             None,  # the autotuned choice
         )
     ]
@@ -126,19 +125,20 @@ def test_results_do_not_depend_on_the_tile_shape(readout):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_scores_do_not_depend_on_the_tile_shape(causal):
-    """Q·Kᵀ (K = 64: one MMA step a tile) with one tile per program and with a row of tiles per program
-    (ROW_LOOP): the same scores, zeros above the diagonal and range, bit for bit; T ≠ S and sizes off the tiles."""
+    """Q·Kᵀ (K = 64: one MMA step a tile) at tile shapes, warp counts and register caps that lay out the epilogue
+    differently: the same scores, zeros above the diagonal and range, bit for bit; T ≠ S and sizes off the tiles."""
     q = torch.randn(2, 40, 3, 64, device=DEVICE).transpose(1, 2)  # [B, H, T, D] view
     k = torch.randn(2, 72, 3, 64, device=DEVICE).transpose(1, 2)  # S = 72 keys (a cache longer than T)
     kt = k.transpose(-1, -2)
     ranges, rng = _ranges(q, k, out=4.0), torch.tensor([7, 2, 5], device=DEVICE)
     outs = [
-        optical_matmul_fwd(q, kt, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=q.dtype, causal=causal,
-                           config=cfg)  # fmt: skip
+        optical_matmul_fwd(
+            q, kt, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=q.dtype, causal=causal, config=cfg
+        )
         for cfg in (
             {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2},
-            {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 8, "ROW_LOOP": True},
-            {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "ROW_LOOP": True},
+            {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "maxnreg": 128},
+            None,  # the autotuned choice
         )
     ]
     if causal:  # the test would pass vacuously if nothing were zeroed

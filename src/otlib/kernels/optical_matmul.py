@@ -11,8 +11,6 @@ Algorithm (per call; docs/numerics.md "Level-code GEMM"):
         range observation: atomic min/max of acc into two fp32 scalars
         READOUT: y = Q_stoch(acc; out range) with Philox at the flat output index, + bias; else store acc
         CAUSAL: y = 0 above the causal diagonal (column > row + N − M); tiles wholly above skip the read-out
-A config's ROW_LOOP gives each program a row of output tiles in turn (the range then takes two atomics per row
-of tiles): loads of the next tile overlap the read-out of this one where a tile is one MMA step (Q·Kᵀ).
 With few N tiles (attention's P·V) the GEMM encodes A's tiles itself in the K loop (A_RAW): the same codes
 and sums, without the encoder's pass over A. An element of a at level 0 adds exactly nothing where lo_a = 0
 (attention's softmax probabilities): then z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak
@@ -63,26 +61,18 @@ def autotune_configs() -> list[triton.Config]:
     if INTERPRET:  # the interpreter runs one config; big tiles keep programs × ops small
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8})]
     configs = [
-        triton.Config(
-            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "ROW_LOOP": row}, num_warps=w, num_stages=s
-        )
-        for bm, bn, bk, w, s, row in [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in [
             # the first is the OTLIB_AUTOTUNE=0 choice. Measured on the H200 (benchmarks/NOTES.md 19): 4-warp
             # programs (two per SM) are the fastest at most study shapes, as one program's read-out epilogue
             # then overlaps another's MMAs; 2 stages suit attention's K = 64
-            (128, 64, 64, 8, 4, False),
-            (64, 128, 64, 8, 4, False),
-            (128, 128, 64, 8, 3, False),
-            (128, 128, 64, 8, 4, False),
-            (64, 64, 64, 4, 4, False),
-            (64, 128, 64, 4, 3, False),
-            (64, 64, 64, 4, 2, False),
-            # a row of tiles per program: for attention's Q·Kᵀ (K = 64, one MMA step a tile), whose tiles are
-            # otherwise bound by their loads and read-out latency (benchmarks/NOTES.md 43)
-            (64, 64, 64, 4, 2, True),
-            (64, 64, 64, 8, 2, True),
-            (64, 64, 64, 8, 3, True),
-            (128, 64, 64, 8, 3, True),
+            (128, 64, 64, 8, 4),
+            (64, 128, 64, 8, 4),
+            (128, 128, 64, 8, 3),
+            (128, 128, 64, 8, 4),
+            (64, 64, 64, 4, 4),
+            (64, 128, 64, 4, 3),
+            (64, 64, 64, 4, 2),
         ]
     ]
     # OTLIB_AUTOTUNE=0: the first config only (quick compiles for tests; results never depend on the choice)
@@ -136,54 +126,17 @@ def _optical_gemm_kernel(
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
     PHILOX_TILE: tl.constexpr,
-    ROW_LOOP: tl.constexpr = False,
 ):
-    """One output tile per program; ROW_LOOP: one program per M tile, looping over its N tiles (row_grid), so the
-    loads of the next tile overlap this tile's read-out and the range takes two atomics per row of tiles."""
+    # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
     pid = tl.program_id(0)
     bid = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    if ROW_LOOP:
-        pid_m = num_m - 1 - pid  # the longest causal read-outs first: less of a tail
-        lo = tl.full((BLOCK_M,), float("inf"), tl.float32)
-        hi = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        for pid_n in range(0, num_n):
-            tile_lo, tile_hi = _gemm_tile(
-                a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, eps_bits, M, N, K, H, GROUP,
-                n_f, stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, bid,
-                pid_m, pid_n, READOUT, HAS_BIAS, A_RAW, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, PHILOX_TILE,
-            )  # fmt: skip
-            lo = tl.minimum(lo, tile_lo)
-            hi = tl.maximum(hi, tile_hi)
-    else:
-        # program id → (m-block, n-block), grouped along M for L2 reuse of b
-        group_id = pid // (GROUP_M * num_n)
-        first_m = group_id * GROUP_M
-        group_size = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
-        pid_n = (pid % (GROUP_M * num_n)) // group_size
-        lo, hi = _gemm_tile(
-            a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, eps_bits, M, N, K, H, GROUP,
-            n_f, stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, bid,
-            pid_m, pid_n, READOUT, HAS_BIAS, A_RAW, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, PHILOX_TILE,
-        )  # fmt: skip
-    # range observation of the pre-quantization accumulator (order-free: atomics). relaxed: nothing reads the
-    # two scalars before the kernel ends, so no ordering (fence) is needed
-    tl.atomic_min(min_ptr, tl.min(lo, axis=0), sem="relaxed")
-    tl.atomic_max(max_ptr, tl.max(hi, axis=0), sem="relaxed")
-
-
-@triton.jit
-def _gemm_tile(
-    a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, eps_bits, M, N, K, H, GROUP, n_f,
-    stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, bid, pid_m, pid_n,
-    READOUT: tl.constexpr, HAS_BIAS: tl.constexpr, A_RAW: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    PHILOX_TILE: tl.constexpr,
-):  # fmt: skip
-    """Output tile (pid_m, pid_n) of batch bid: the K loop, the epilogue and the store. Returns the per-row
-    (min, max) of the tile's pre-quantization accumulator values."""
+    group_id = pid // (GROUP_M * num_n)
+    first_m = group_id * GROUP_M
+    group_size = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
+    pid_n = (pid % (GROUP_M * num_n)) // group_size
     batch = bid // H
     head = bid % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -194,10 +147,13 @@ def _gemm_tile(
     # views of the [N, K] code layout
     rows = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    first_m = tl.cast(pid_m * BLOCK_M, tl.int64)  # tl.cast: the interpreter's loop index is a Python int
-    first_n = tl.cast(pid_n * BLOCK_N, tl.int64)
-    a_base = a_ptr + batch.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah + first_m * K
-    b_base = b_ptr + batch.to(tl.int64) * stride_bb + (head // GROUP).to(tl.int64) * stride_bh + first_n * K
+    a_base = a_ptr + batch.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah + (pid_m * BLOCK_M).to(tl.int64) * K
+    b_base = (
+        b_ptr
+        + batch.to(tl.int64) * stride_bb
+        + (head // GROUP).to(tl.int64) * stride_bh
+        + (pid_n * BLOCK_N).to(tl.int64) * K
+    )
     a_tile = rows[:, None] * K + offs_k[None, :]
     b_tile = cols[None, :] * K + offs_k[:, None]
     m_ok = offs_m[:, None] < M
@@ -234,13 +190,14 @@ def _gemm_tile(
     )
     col_value = c_b * K + s_b * sum_b  # Σ_k Qb per column
     val = s_a * (c_b * sum_a[:, None] + s_b * acc) + c_a * col_value[None, :]
-    # ---- epilogue 2: the tile's range per row (the caller folds it into the call's range)
+    # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    row_lo = tl.min(tl.where(valid, val, float("inf")), axis=1)
-    row_hi = tl.max(tl.where(valid, val, float("-inf")), axis=1)
+    # relaxed: nothing reads the two scalars before the kernel ends, so no ordering (fence) is needed
+    tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0), sem="relaxed")
+    tl.atomic_max(max_ptr, tl.max(tl.max(tl.where(valid, val, float("-inf")), axis=1), axis=0), sem="relaxed")
     # ---- epilogue 3: stochastic read-out at the flat output index, digital bias, store. The tile's first
     # flat index is 64-bit, offsets inside it 32-bit (fewer registers: BLOCK_M · N < 2³¹)
-    tile_start = bid.to(tl.int64) * M * N + first_m * N + pid_n * BLOCK_N
+    tile_start = bid.to(tl.int64) * M * N + (pid_m * BLOCK_M).to(tl.int64) * N + pid_n * BLOCK_N
     tile_offs = rows[:, None] * N + cols[None, :]
     out = val
     if READOUT and CAUSAL:
@@ -261,7 +218,6 @@ def _gemm_tile(
         if HAS_BIAS:
             out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=valid)
-    return row_lo, row_hi
 
 
 @triton.jit

@@ -93,18 +93,18 @@ class TunedLaunch:
             self.kernel[grid](*args, **flags, **LAUNCH_OPTS)
             best = self.kernel.best_config
             self.chosen[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            if best.maxnreg is not None:
+                self.chosen[key]["maxnreg"] = best.maxnreg
             return
         extra = derived(meta) if derived is not None else {}
         self.jit[grid](*args, **flags, **meta, **extra, **LAUNCH_OPTS)
 
 
 def tile_grid(M: int, N: int, batch: int):
-    """Launch grid of a tiled GEMM: (M tiles · N tiles of the config's BLOCK_M × BLOCK_N, batch); M tiles only
-    where the config's ROW_LOOP has each program loop over the N tiles."""
+    """Launch grid of a tiled GEMM: (M tiles · N tiles of the config's BLOCK_M × BLOCK_N, batch)."""
 
     def grid(meta: dict) -> tuple[int, int]:
-        n_tiles = 1 if meta.get("ROW_LOOP") else triton.cdiv(N, meta["BLOCK_N"])
-        return (triton.cdiv(M, meta["BLOCK_M"]) * n_tiles, batch)
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), batch)
 
     return grid
 
