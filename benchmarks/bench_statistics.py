@@ -8,8 +8,7 @@ CUDA-graph replays (host time excluded), do_bench medians in µs per call, two m
   of one read of the tensor at 4 TB/s; and a linear's two operands folded (and its call counter advanced) in
   one launch against two folds and the counter's add_;
 - the softmax forward (with and without P's row statistics) and backward at 8 × H × 1024², bf16 scores, the
-  causal fp32 mask, per warps per row (`--warps`; with one warp, per launch variant: register caps, two rows per
-  program; `*` marks the kernels' own choice), also given the mask's
+  causal fp32 mask, per warps per row (`--warps`; `*` marks the kernels' own choice), also given the mask's
   fully masked rows (`causal_rows`: the rows read only up to the diagonal), and the torch ops
   (`scaled_masked_softmax_reference` and its autograd backward).
 """
@@ -98,19 +97,8 @@ def fold_table() -> list[str]:
     return lines
 
 
-# one-warp row programs: (label, two rows per program, forward register cap, backward register cap)
-ONE_WARP_VARIANTS = [
-    ("1, no cap", False, None, None),
-    ("1, caps 64 / 96", False, 64, 96),
-    ("1, caps 80 / 80", False, 80, 80),
-    ("1, two rows", True, None, None),
-    ("1, two rows, caps 128 / 128", True, 128, 128),
-]
-
-
 def softmax_rows(heads: int, warps: list[int]) -> list[str]:
-    """Table rows of the softmax kernels at 8 × heads × 1024², per warps per row (one warp: per launch variant,
-    ONE_WARP_VARIANTS), and of the torch ops."""
+    """Table rows of the softmax kernels at 8 × heads × 1024², per warps per row, and of the torch ops."""
     import otlib.kernels.softmax as softmax_kernels
     from otlib.ops import scaled_masked_softmax_reference
 
@@ -121,20 +109,11 @@ def softmax_rows(heads: int, warps: list[int]) -> list[str]:
     mask = torch.zeros(8, 1, 1024, 1024, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
     no_full_rows = torch.zeros(8, 1024, device=device, dtype=torch.bool)  # the causal mask masks no row fully
     name = f"8 × {heads} × 1024²"
-    names = ("num_warps_for", "TWO_ROWS_PER_PROGRAM", "FWD_MAXNREG", "BWD_MAXNREG")
-    own_choice = {k: getattr(softmax_kernels, k) for k in names}
-    own_variant = (own_choice["TWO_ROWS_PER_PROGRAM"], own_choice["FWD_MAXNREG"], own_choice["BWD_MAXNREG"])
-    variants = [
-        (label, w, *launch)
-        for w in warps
-        for label, *launch in (ONE_WARP_VARIANTS if w == 1 else [(str(w), False, None, None)])
-    ]
+    own_choice = softmax_kernels.num_warps_for
     rows = []
     try:
-        for label, w, two_rows, fwd_cap, bwd_cap in variants:
+        for w in warps:
             softmax_kernels.num_warps_for = lambda block, w=w: w
-            softmax_kernels.TWO_ROWS_PER_PROGRAM = two_rows
-            softmax_kernels.FWD_MAXNREG, softmax_kernels.BWD_MAXNREG = fwd_cap, bwd_cap
             fwd = graphed_us(lambda: softmax_kernels.softmax_fwd(scores, mask, 0.125, torch.bfloat16), 5)
             stats = graphed_us(
                 lambda: softmax_kernels.softmax_fwd(scores, mask, 0.125, torch.bfloat16, row_stats=True), 5
@@ -149,15 +128,12 @@ def softmax_rows(heads: int, warps: list[int]) -> list[str]:
             causal_bwd = graphed_us(
                 lambda: softmax_kernels.softmax_bwd(grad, scores, mask, 0.125, causal_rows=no_full_rows), 5
             )
-            own = w == own_choice["num_warps_for"](1024) and (w != 1 or (two_rows, fwd_cap, bwd_cap) == own_variant)
-            mark = "*" if own else ""
+            mark = "*" if w == own_choice(1024) else ""
             rows.append(
-                f"| {name} | {label}{mark} | {fwd:.1f} | {stats:.1f} | {bwd:.1f} | {causal_stats:.1f} "
-                f"| {causal_bwd:.1f} |"
+                f"| {name} | {w}{mark} | {fwd:.1f} | {stats:.1f} | {bwd:.1f} | {causal_stats:.1f} | {causal_bwd:.1f} |"
             )
     finally:
-        for k, v in own_choice.items():
-            setattr(softmax_kernels, k, v)
+        softmax_kernels.num_warps_for = own_choice
     leaf = scores.detach().requires_grad_()
 
     def reference_fwd_bwd() -> object:

@@ -22,14 +22,14 @@ MAX_COLUMNS = 16384  # one row per program, held in registers
 
 
 @triton.jit
-def _row_columns(rows_ptr, row, n_rows, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """The block's columns, those of the row (< S; none past the last row), and those read: up to the causal
-    diagonal unless the row is fully masked (HAS_ROWS), else the row's."""
+def _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """The block's columns, those of the row (< S), and those read: up to the causal diagonal unless the row is
+    fully masked (HAS_ROWS), else the row's."""
     cols = tl.arange(0, BLOCK)
-    ok = (cols < S) & (row < n_rows)
+    ok = cols < S
     if HAS_ROWS:
         t = row % T
-        full = tl.load(rows_ptr + (row // (H * T)) * rs_b + t * rs_t, mask=row < n_rows, other=True)
+        full = tl.load(rows_ptr + (row // (H * T)) * rs_b + t * rs_t)
         # up to the diagonal (column t + S − T), rounded up to a multiple of 16 columns: a bound the compiler knows
         # to be a multiple of 16 keeps the loads vectorised (a per-column bound made them scalar and the kernels
         # slower than reading the whole row); the few extra columns are masked ones, P = 0 either way
@@ -41,8 +41,8 @@ def _row_columns(rows_ptr, row, n_rows, S, T, H, rs_b, rs_t, HAS_ROWS: tl.conste
 
 
 @triton.jit
-def _scores(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr):
-    """fp32 masked scores of one row over the block's columns (−inf where not read)."""
+def _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr):
+    """fp32 P of one row over the block's columns (0 where not read)."""
     x = tl.load(s_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
     x = cast_for_store(x * scaling, s_ptr).to(tl.float32)  # S · scaling in S's dtype, as the torch op
     if HAS_MASK:
@@ -50,12 +50,7 @@ def _scores(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t
         h = (row // T) % H
         t = row % T
         x = x + tl.load(mask_ptr + b * sm_b + h * sm_h + t * sm_t + cols * sm_s, mask=read, other=0.0)
-    return tl.where(read, x, float("-inf"))
-
-
-@triton.jit
-def _normalise(x):
-    """fp32 P of one row from its masked scores."""
+    x = tl.where(read, x, float("-inf"))
     e = tl.exp(x - tl.max(x, axis=0))
     return e / tl.sum(e, axis=0)
 
@@ -68,8 +63,30 @@ def _nan_minmax(lo_a, hi_a, lo_b, hi_b):
 
 
 @triton.jit
-def _store_probs(p, p_ptr, stats_ptr, row, n_rows, cols, ok, S, ROW_STATS: tl.constexpr):
-    """Store one row of P in P's dtype and, with ROW_STATS, its (min, max) as stored."""
+def _softmax_fwd_kernel(
+    s_ptr,
+    mask_ptr,
+    rows_ptr,
+    p_ptr,
+    stats_ptr,
+    scaling,
+    S,
+    T,
+    H,
+    sm_b,
+    sm_h,
+    sm_t,
+    sm_s,
+    rs_b,
+    rs_t,
+    HAS_MASK: tl.constexpr,
+    HAS_ROWS: tl.constexpr,
+    ROW_STATS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols, ok, read = _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
+    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
     stored = cast_for_store(p, p_ptr)
     tl.store(p_ptr + row * S + cols, stored, mask=ok)
     if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
@@ -83,52 +100,8 @@ def _store_probs(p, p_ptr, stats_ptr, row, n_rows, cols, ok, S, ROW_STATS: tl.co
             hi = tl.where(nan, float("nan"), tl.max(hi, axis=0))
         else:
             lo, hi = tl.reduce((lo, hi), 0, _nan_minmax)
-        tl.store(stats_ptr + 2 * row, lo, mask=row < n_rows)
-        tl.store(stats_ptr + 2 * row + 1, hi, mask=row < n_rows)
-
-
-@triton.jit
-def _softmax_fwd_kernel(
-    s_ptr,
-    mask_ptr,
-    rows_ptr,
-    p_ptr,
-    stats_ptr,
-    scaling,
-    n_rows,
-    S,
-    T,
-    H,
-    sm_b,
-    sm_h,
-    sm_t,
-    sm_s,
-    rs_b,
-    rs_t,
-    HAS_MASK: tl.constexpr,
-    HAS_ROWS: tl.constexpr,
-    ROW_STATS: tl.constexpr,
-    TWO_ROWS: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """One row per program, or TWO_ROWS: two, both read before either is computed (twice the loads in flight)."""
-    row = tl.program_id(0).to(tl.int64) * (2 if TWO_ROWS else 1)
-    cols, ok, read = _row_columns(rows_ptr, row, n_rows, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
-    x = _scores(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
-    if TWO_ROWS:
-        _, ok2, read2 = _row_columns(rows_ptr, row + 1, n_rows, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
-        x2 = _scores(s_ptr, mask_ptr, row + 1, cols, read2, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
-        _store_probs(_normalise(x2), p_ptr, stats_ptr, row + 1, n_rows, cols, ok2, S, ROW_STATS)
-    _store_probs(_normalise(x), p_ptr, stats_ptr, row, n_rows, cols, ok, S, ROW_STATS)
-
-
-@triton.jit
-def _grad_scores(g_ptr, gs_ptr, x, g, row, cols, ok, scaling, S):
-    """Store one row of dS from its masked scores and dP."""
-    p = _normalise(x)
-    gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
-    gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
-    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
+        tl.store(stats_ptr + 2 * row, lo)
+        tl.store(stats_ptr + 2 * row + 1, hi)
 
 
 @triton.jit
@@ -139,7 +112,6 @@ def _softmax_bwd_kernel(
     rows_ptr,
     gs_ptr,
     scaling,
-    n_rows,
     S,
     T,
     H,
@@ -151,19 +123,15 @@ def _softmax_bwd_kernel(
     rs_t,
     HAS_MASK: tl.constexpr,
     HAS_ROWS: tl.constexpr,
-    TWO_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64) * (2 if TWO_ROWS else 1)
-    cols, ok, read = _row_columns(rows_ptr, row, n_rows, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
-    x = _scores(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    row = tl.program_id(0).to(tl.int64)
+    cols, ok, read = _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
+    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
     g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
-    if TWO_ROWS:
-        _, ok2, read2 = _row_columns(rows_ptr, row + 1, n_rows, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
-        x2 = _scores(s_ptr, mask_ptr, row + 1, cols, read2, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
-        g2 = tl.load(g_ptr + (row + 1) * S + cols, mask=read2, other=0.0).to(tl.float32)
-        _grad_scores(g_ptr, gs_ptr, x2, g2, row + 1, cols, ok2, scaling, S)
-    _grad_scores(g_ptr, gs_ptr, x, g, row, cols, ok, scaling, S)
+    gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
+    gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
+    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
 
 
 def num_warps_for(block: int) -> int:
@@ -173,15 +141,6 @@ def num_warps_for(block: int) -> int:
     return min(max(block // 1024, 1), 16)
 
 
-# Per-thread register caps of the one-warp row programs (benchmarks/NOTES.md 44): left alone, ptxas takes 79
-# (forward) and 159 (backward) registers for a 1024-column row, and the register file then holds 25 and 12 programs
-# per SM, of the 32 an SM can keep; capped, 32 and 21 programs, with no spill in the backward and 32 bytes in the
-# forward (sm_90, triton 3.7).
-FWD_MAXNREG: int | None = 64
-BWD_MAXNREG: int | None = 96
-TWO_ROWS_PER_PROGRAM = False  # one-warp programs take two rows, both read before either is computed (NOTES.md 44)
-
-
 def _launch(
     kernel,
     tensors: tuple,
@@ -189,7 +148,6 @@ def _launch(
     mask: torch.Tensor | None,
     causal_rows: torch.Tensor | None,
     scaling: float,
-    maxnreg: int | None,
     **flags: bool,
 ) -> None:
     B, H, T, S = scores.shape
@@ -198,13 +156,9 @@ def _launch(
     strides = mask.expand(B, H, T, S).stride() if mask is not None else (0, 0, 0, 0)
     row_strides = causal_rows.expand(B, T).stride() if causal_rows is not None else (0, 0)
     block = triton.next_power_of_2(S)
-    warps = num_warps_for(block)
-    two_rows = TWO_ROWS_PER_PROGRAM and warps == 1
-    cap = {"maxnreg": maxnreg} if maxnreg is not None and warps == 1 else {}
-    kernel[(triton.cdiv(B * H * T, 2 if two_rows else 1),)](
+    kernel[(B * H * T,)](
         *tensors,
         float(scaling),
-        B * H * T,
         S,
         T,
         H,
@@ -212,11 +166,9 @@ def _launch(
         *row_strides,
         HAS_MASK=mask is not None,
         HAS_ROWS=causal_rows is not None,
-        TWO_ROWS=two_rows,
         BLOCK=block,
         **flags,
-        num_warps=warps,
-        **cap,
+        num_warps=num_warps_for(block),
         **LAUNCH_OPTS,
     )
 
@@ -236,7 +188,7 @@ def softmax_fwd(
     p = torch.empty(scores.shape, dtype=dtype, device=scores.device)
     stats = torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device) if row_stats else None
     tensors = (scores, _or(mask, scores), _or(causal_rows, scores), p, stats if row_stats else p)
-    _launch(_softmax_fwd_kernel, tensors, scores, mask, causal_rows, scaling, FWD_MAXNREG, ROW_STATS=row_stats)
+    _launch(_softmax_fwd_kernel, tensors, scores, mask, causal_rows, scaling, ROW_STATS=row_stats)
     return p, stats
 
 
@@ -250,7 +202,7 @@ def softmax_bwd(
     """dS [B, H, T, S] in scores' dtype from dP (contiguous) and the forward's inputs."""
     grad_s = torch.empty_like(scores)
     tensors = (grad_p, scores, _or(mask, scores), _or(causal_rows, scores), grad_s)
-    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling, BWD_MAXNREG)
+    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling)
     return grad_s
 
 

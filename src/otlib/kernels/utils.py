@@ -93,8 +93,6 @@ class TunedLaunch:
             self.kernel[grid](*args, **flags, **LAUNCH_OPTS)
             best = self.kernel.best_config
             self.chosen[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
-            if best.maxnreg is not None:
-                self.chosen[key]["maxnreg"] = best.maxnreg
             return
         extra = derived(meta) if derived is not None else {}
         self.jit[grid](*args, **flags, **meta, **extra, **LAUNCH_OPTS)
