@@ -1,0 +1,212 @@
+"""Compile otlib's Triton kernels for Hopper (sm_90a) on a machine without a GPU: Triton's front end, its
+passes and ptxas, which the interpreter (the CPU tests) never runs. A kernel that only the compiler rejects
+(a constexpr lost in a starred tuple, a layout it cannot lower) fails here instead of on a GPU lease.
+
+    python tests/otlib/compile_sm90.py        # one line per kernel variant: registers and spill bytes
+
+Run without TRITON_INTERPRET (the kernels must be jitted, not interpreted); tests/otlib/test_compile_sm90.py runs
+it in a subprocess. Each variant is one the library launches, at the first config of its autotune list (the
+attention GEMMs at the 64 × 64 tile the autotuner picks for them on an H200). The register counts are those of
+this machine's Triton and ptxas; the GPU machine's may differ.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.autotuner import Autotuner, Heuristics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from otlib.kernels import grad_matmul, optical_matmul, quantize, ranges, softmax
+
+TARGET = GPUTarget("cuda", 90, 32)
+FLOATS = {"n_f", "beta", "alpha", "scaling"}
+INT64 = {"eps_bits", "lam_bits"}
+
+
+def _jitted(kernel):
+    while isinstance(kernel, Autotuner | Heuristics):
+        kernel = kernel.fn
+    return kernel
+
+
+def _first_config(kernel) -> tuple[dict, dict]:
+    """(meta-parameters, compile options) of the first config of an autotuned kernel's list."""
+    config = kernel.configs[0]
+    return dict(config.kwargs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=None, options=None):
+    first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
+    meta = {**(meta or first_meta)}
+    meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
+    pointers = {
+        "a_ptr": "*bf16" if a_raw else "*fp16",
+        "asum_ptr": "*fp32",
+        "b_ptr": "*fp16",
+        "bsum_ptr": "*fp32",
+        "c_ptr": "*bf16" if readout else "*fp32",
+        "bias_ptr": "*bf16",
+        "ranges_ptr": "*fp32",
+        "rng_ptr": "*i64",
+        "min_ptr": "*fp32",
+        "max_ptr": "*fp32",
+    }
+    return name, optical_matmul._optical_gemm_kernel, pointers, meta, options or first_options
+
+
+ATTENTION_TILE = ({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, {"num_warps": 4, "num_stages": 2})
+VARIANTS = [
+    _gemm("GEMM linear read-out + bias", readout=True, bias=True, a_raw=False, causal=False),
+    _gemm("GEMM accumulator only", readout=False, bias=False, a_raw=False, causal=False),
+    _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
+    _gemm("GEMM P·V encoding P", True, False, True, False, *ATTENTION_TILE),
+    (
+        "grad GEMM dQ, causal",
+        grad_matmul._grouped_bmm_kernel,
+        {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
+        {**_first_config(grad_matmul._grouped_bmm_kernel)[0], "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False},
+        _first_config(grad_matmul._grouped_bmm_kernel)[1],
+    ),
+    (
+        "grad GEMM dP, one step",
+        grad_matmul._grouped_bmm_kernel,
+        {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
+        {**_first_config(grad_matmul._grouped_bmm_kernel)[0], "CAUSAL": 0, "ONE_STEP": True},
+        _first_config(grad_matmul._grouped_bmm_kernel)[1],
+    ),
+    (
+        "operand encoder, LUT",
+        quantize._operand_codes_kernel,
+        {
+            "x_ptr": "*fp32",
+            "codes_ptr": "*fp16",
+            "sums_ptr": "*fp32",
+            "ranges_ptr": "*fp32",
+            "min_ptr": "*fp32",
+            "max_ptr": "*fp32",
+        },
+        {"LUT": True, "INIT_MINMAX": True, "BLOCK_R": 8, "BLOCK_C": quantize._CODES_BLOCK_C},
+        {"num_warps": 4},
+    ),
+    (
+        "quantizer, stochastic + bias",
+        quantize._quantize_fwd_kernel,
+        {"x_ptr": "*fp32", "y_ptr": "*bf16", "bias_ptr": "*bf16", "p_ptr": "*fp32", "rng_ptr": "*i64"},
+        {
+            "STOCHASTIC": True,
+            "SINGLE_DITHER": False,
+            "CLAMP_K": True,
+            "LUT": False,
+            "CAST": 0,
+            "HAS_BIAS": True,
+            "BLOCK": 1024,
+        },
+        {"num_warps": 4},
+    ),
+    (
+        "range fold, two operands + counter",
+        ranges._minmax_fold_kernel,
+        {
+            "x_ptr": "*fp32",
+            "row_x": "*fp32",
+            "scratch_x": "*fp32",
+            "ticket_x": "*i32",
+            "y_ptr": "*bf16",
+            "row_y": "*fp32",
+            "scratch_y": "*fp32",
+            "ticket_y": "*i32",
+            "counter_ptr": "*i64",
+        },
+        {"TWO": True, "COUNT": True, "BLOCK": ranges.BLOCK},
+        {"num_warps": 8},
+    ),
+    (
+        "range pair fold",
+        ranges._fold_pair_kernel,
+        {"lo_ptr": "*fp32", "hi_ptr": "*fp32", "row_ptr": "*fp32"},
+        {},
+        {"num_warps": 1},
+    ),
+    (
+        "softmax forward, causal rows + row stats",
+        softmax._softmax_fwd_kernel,
+        {"s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "p_ptr": "*bf16", "stats_ptr": "*fp32"},
+        {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024},
+        {"num_warps": softmax.num_warps_for(1024)},
+    ),
+    (
+        "softmax backward, causal rows",
+        softmax._softmax_bwd_kernel,
+        {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"},
+        {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024},
+        {"num_warps": softmax.num_warps_for(1024)},
+    ),
+]
+
+
+def compile_variant(kernel, pointers: dict, meta: dict, options: dict) -> str:
+    """PTX of `kernel` for sm_90a with `meta` as constexprs; pointer args typed by `pointers`, the rest int32
+    (FLOATS fp32, INT64 int64)."""
+    fn = _jitted(kernel)
+    signature = {}
+    for name in fn.arg_names:
+        if name in meta:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        elif name.endswith("_ptr"):
+            raise KeyError(f"{fn.__name__}: pointer {name} has no type")
+        else:
+            signature[name] = "fp32" if name in FLOATS else "i64" if name in INT64 else "i32"
+    constexprs = {(fn.arg_names.index(k),): v for k, v in meta.items()}
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs=constexprs),
+        target=TARGET,
+        options={**options, "enable_fp_fusion": False},
+    )
+    return compiled.asm["ptx"]
+
+
+def registers(ptx: str, workdir: Path) -> str:
+    """ptxas -v's register and spill count for the PTX (Triton's bundled ptxas)."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        return "ptxas not bundled"
+    source = workdir / "kernel.ptx"
+    source.write_text(ptx)
+    out = subprocess.run(
+        [str(ptxas), "-arch=sm_90a", "-v", str(source), "-o", str(workdir / "kernel.cubin")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = re.search(r"(\d+) bytes spill stores", out)
+    return f"{regs.group(1) if regs else '?'} registers, {spills.group(1) if spills else '?'} bytes spilled"
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("compile_sm90: unset TRITON_INTERPRET (the kernels must be jitted to compile them)", file=sys.stderr)
+        return 2
+    import tempfile
+
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kernel, pointers, meta, options in VARIANTS:
+            try:
+                print(f"{name}: ok, {registers(compile_variant(kernel, pointers, meta, options), Path(tmp))}")
+            except Exception as exc:  # report every variant, then fail
+                failed += 1
+                print(f"{name}: FAILED\n{exc}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
