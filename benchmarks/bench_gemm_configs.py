@@ -71,12 +71,14 @@ def parse_configs(text: str) -> list:
         try:
             tiles, warps, stages, *cap = item.strip().split(":")
             bm, bn, bk = (int(v) for v in tiles.split("x"))
-            if not (warps.startswith("w") and stages.startswith("s")) or not all(c.startswith("m") for c in cap):
+            if (
+                not (warps.startswith("w") and stages.startswith("s"))
+                or len(cap) > 1
+                or not all(c.startswith("m") for c in cap)
+            ):
                 raise ValueError
             num_warps, num_stages = int(warps[1:]), int(stages[1:])
-            maxnreg = int(cap[0][1:]) if len(cap) == 1 else None
-            if len(cap) > 1:
-                raise ValueError
+            maxnreg = int(cap[0][1:]) if cap else None
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad tile config {item!r}: expected BMxBNxBK:wW:sS[:mR]") from None
         meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}

@@ -428,7 +428,17 @@ def optical_matmul_fwd(
     hb = h // group
     b_enc = (fold(b_codes, lead_b, hb, [N, K]), fold(b_sums, lead_b, hb, [N]))
     c = optical_gemm(
-        a_enc, b_enc, group, None, ranges, rng, n, minmax, readout=readout, out_dtype=out_dtype, causal=causal,
+        a_enc,
+        b_enc,
+        group,
+        None,
+        ranges,
+        rng,
+        n,
+        minmax,
+        readout=readout,
+        out_dtype=out_dtype,
+        causal=causal,
         config=config,
-    )  # fmt: skip
+    )
     return c.view(*lead, M, N), minmax[0], minmax[1]
