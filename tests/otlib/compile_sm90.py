@@ -60,6 +60,7 @@ def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=
     return name, optical_matmul._optical_gemm_kernel, pointers, meta, options or first_options
 
 
+GRAD_META, GRAD_OPTIONS = _first_config(grad_matmul._grouped_bmm_kernel)
 ATTENTION_TILE = ({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, {"num_warps": 4, "num_stages": 2})
 VARIANTS = [
     _gemm("GEMM linear read-out + bias", readout=True, bias=True, a_raw=False, causal=False),
@@ -70,15 +71,15 @@ VARIANTS = [
         "grad GEMM dQ, causal",
         grad_matmul._grouped_bmm_kernel,
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        {**_first_config(grad_matmul._grouped_bmm_kernel)[0], "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False},
-        _first_config(grad_matmul._grouped_bmm_kernel)[1],
+        {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False},
+        GRAD_OPTIONS,
     ),
     (
         "grad GEMM dP, one step",
         grad_matmul._grouped_bmm_kernel,
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        {**_first_config(grad_matmul._grouped_bmm_kernel)[0], "CAUSAL": 0, "ONE_STEP": True},
-        _first_config(grad_matmul._grouped_bmm_kernel)[1],
+        {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True},
+        GRAD_OPTIONS,
     ),
     (
         "operand encoder, LUT",
