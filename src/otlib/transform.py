@@ -5,7 +5,8 @@
 - the attention of every `LlamaAttention` with optical attention: an `OpticalAttentionState`
   submodule is attached and the model's attention implementation is set to "optical".
 Each optical product gets its own Philox stream id, in module order, so no two products of a
-model draw the same dither. With `use_lora = true` the optical linears get adapters and only
+model draw the same dither. Linears that read one tensor (`SHARED_INPUTS`: q/k/v, gate/up) are linked
+by a `SharedInput`: x is observed and encoded once for them (the same values). With `use_lora = true` the optical linears get adapters and only
 the adapters stay trainable (base weights, embeddings, norms and the LM head are frozen).
 
 Ranges, counters and adapters are buffers/parameters, so `state_dict()` and `save_pretrained`
@@ -28,9 +29,12 @@ from transformers.models.llama.modeling_llama import LlamaAttention
 from transformers.utils import logging as hf_logging
 
 from otlib.config import TransformConfig, config_to_toml, load_config
-from otlib.layers import ATTENTION_NAME, STATE_ATTR, OpticalAttentionState, OpticalLinear
+from otlib.layers import ATTENTION_NAME, STATE_ATTR, OpticalAttentionState, OpticalLinear, SharedInput
 
 CONFIG_FILE = "otlib.toml"  # the TransformConfig saved next to the weights
+# sibling linears that read the same tensor in Llama-family blocks (attention's q/k/v, the MLP's gate/up); the
+# layers check at run time that the input is the same tensor, so a model that names others so only shares nothing
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def _is_optical(model: nn.Module) -> bool:
@@ -71,6 +75,7 @@ def transform(model: nn.Module, config: TransformConfig | str | os.PathLike[str]
             stream += 1
             replaced.append(name)
 
+    _link_shared_inputs(model)
     if not config.attention.q_bypass:
         if not any(isinstance(m, OpticalAttentionState) for m in model.modules()):
             raise ValueError(
@@ -87,6 +92,20 @@ def transform(model: nn.Module, config: TransformConfig | str | os.PathLike[str]
                 module.lora_B.requires_grad_(True)
     model.otlib_config = config  # what save_optical writes next to the weights
     return replaced
+
+
+def _link_shared_inputs(model: nn.Module) -> None:
+    """A SharedInput for each SHARED_INPUTS group of OpticalLinear children of one module with the same input
+    width and quantizer settings."""
+    for parent in model.modules():
+        for names in SHARED_INPUTS:
+            layers = [getattr(parent, name, None) for name in names]
+            if not all(isinstance(layer, OpticalLinear) for layer in layers):
+                continue
+            if len({(layer.in_features, layer.layer_config, layer.numerics) for layer in layers}) == 1:
+                share = SharedInput(len(layers))
+                for layer in layers:
+                    layer.shared_input = share
 
 
 def save_optical(

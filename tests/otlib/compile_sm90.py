@@ -6,8 +6,8 @@ passes and ptxas, which the interpreter (the CPU tests) never runs. A kernel tha
 
 Run without TRITON_INTERPRET (the kernels must be jitted, not interpreted); tests/otlib/test_compile_sm90.py runs
 it in a subprocess. Each variant is one the library launches, at the first config of its autotune list (the
-attention GEMMs at the 64 × 64 tile the autotuner picks for them on an H200). The register counts are those of
-this machine's Triton and ptxas; the GPU machine's may differ.
+attention GEMMs at the 64 × 64 tiles the autotuner picks for them on an H200, P·V's capped at 128 registers).
+The register counts are those of this machine's Triton and ptxas; the GPU machine's may differ.
 """
 
 import os
@@ -62,11 +62,12 @@ def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=
 
 GRAD_META, GRAD_OPTIONS = _first_config(grad_matmul._grouped_bmm_kernel)
 ATTENTION_TILE = ({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, {"num_warps": 4, "num_stages": 2})
+PV_TILE = (ATTENTION_TILE[0], {"num_warps": 4, "num_stages": 3, "maxnreg": 128})
 VARIANTS = [
     _gemm("GEMM linear read-out + bias", readout=True, bias=True, a_raw=False, causal=False),
     _gemm("GEMM accumulator only", readout=False, bias=False, a_raw=False, causal=False),
     _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
-    _gemm("GEMM P·V encoding P", True, False, True, False, *ATTENTION_TILE),
+    _gemm("GEMM P·V encoding P, 128 registers", True, False, True, False, *PV_TILE),
     (
         "grad GEMM dQ, causal",
         grad_matmul._grouped_bmm_kernel,

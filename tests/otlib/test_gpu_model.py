@@ -119,3 +119,28 @@ def test_save_load_onto_gpu(tmp_path):
     loaded.eval()
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_inputs_give_the_same_training_steps(dtype):
+    # q/k/v and gate/up encode their input once on the GPU (SharedInput): the same losses, gradients and state as
+    # each layer observing and encoding it
+    shared = _optical(dtype)
+    separate = copy.deepcopy(shared)
+    for module in separate.modules():
+        if isinstance(module, otlib.OpticalLinear):
+            module.shared_input = None
+    ids = _ids()
+    losses = []
+    for model in (shared, separate):
+        model.train()
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(ids, labels=ids).loss
+            loss.backward()
+            losses.append(loss.detach())
+    assert torch.equal(torch.stack(losses[:3]), torch.stack(losses[3:]))
+    for (name, a), b in zip(shared.state_dict().items(), separate.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(shared.named_parameters(), separate.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name

@@ -23,14 +23,19 @@ def optical_linear_fwd(
     readout: bool,
     out_dtype: torch.dtype,
     config: dict | None = None,
+    x_codes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x2 [M, K], weight [N, K], ranges contiguous fp32 [3, 2] (lo, hi) of (x, w, out) → (y [M, N] read out in
-    out_dtype + bias, or the fp32 accumulator if not readout; acc min; acc max)."""
+    out_dtype + bias, or the fp32 accumulator if not readout; acc min; acc max).
+    x_codes: x2's (codes [M, K], sums [M]) with this x range, already encoded for another layer reading x2."""
     M, K = x2.shape
     N = weight.shape[0]
     minmax = new_minmax(x2.device)
-    x_codes, x_sums = operand_codes(x2.unsqueeze(0), ranges, 0, n, minmax=minmax)
-    w_codes, w_sums = operand_codes(weight.unsqueeze(0), ranges, 1, n, lut_min=lut_min)
+    if x_codes is None:
+        x_codes = operand_codes(x2.unsqueeze(0), ranges, 0, n)
+    x_codes, x_sums = x_codes
+    # the weight's launch sets the GEMM's range scalars (minmax) to (+inf, −inf)
+    w_codes, w_sums = operand_codes(weight.unsqueeze(0), ranges, 1, n, lut_min=lut_min, minmax=minmax)
     c = optical_gemm(
         (x_codes.view(1, 1, M, K), x_sums.view(1, 1, M)),
         (w_codes.view(1, 1, N, K), w_sums.view(1, 1, N)),

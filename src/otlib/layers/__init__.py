@@ -12,7 +12,7 @@ from otlib.layers.attention import (
     optical_mask,
     register_optical_attention,
 )
-from otlib.layers.linear import OpticalLinear
+from otlib.layers.linear import OpticalLinear, SharedInput
 from otlib.layers.ranges import RangeTracker, exact_quantiles
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "OpticalAttentionState",
     "OpticalLinear",
     "RangeTracker",
+    "SharedInput",
     "exact_quantiles",
     "optical_attention_forward",
     "optical_mask",

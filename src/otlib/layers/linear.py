@@ -19,6 +19,7 @@ A (the usual LoRA input dropout would need a second, digital product).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,45 @@ from otlib.config import NUMERICS, LayerConfig
 from otlib.layers.ranges import RangeTracker
 
 X, W, OUT = 0, 1, 2  # rows of the ranges tensor (ops contract)
+
+
+class SharedInput:
+    """Sibling `OpticalLinear`s that read one input tensor — a block's q/k/v projections, its MLP's gate and up
+    projections: in the hardware, one input modulator fanned out to several weight banks (`otlib.transform` links
+    them). Per input, the first sibling called (the leader) folds x into its x range and encodes it, as a single
+    layer does; each other sibling copies the leader's x range and reuses the codes instead of observing and
+    encoding x again. The same values as separate observations (the siblings see the same inputs, so their x
+    ranges are equal anyway), one fold and one encoder pass of x fewer per sibling (benchmarks/NOTES.md 48).
+
+    An input is the same tensor object, unmodified since the leader saw it (its version counter): different
+    inputs never share. Training only, eager only (not under torch.compile, whose graphs hold no Python state).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # the current input: (weak reference to x, x's version, the leader's bounds, x's codes or None, ids of the
+        # siblings that used it); dropped once all `size` siblings have
+        self._entry: tuple | None = None
+
+    def lookup(self, layer: OpticalLinear, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None] | None:
+        """(leader's bounds, x codes) if `x` is the current input and `layer` has not used it yet, else None (then
+        `layer` leads: it observes x and `record`s it)."""
+        entry = self._entry
+        if entry is None:
+            return None
+        ref, version, bounds, codes, used = entry
+        if ref() is not x or x._version != version or id(layer) in used:
+            return None
+        used.add(id(layer))
+        if len(used) == self.size:
+            self._entry = None
+        return bounds, codes
+
+    def record(self, layer: OpticalLinear, x: Tensor, codes: tuple[Tensor, Tensor] | None) -> None:
+        self._entry = (weakref.ref(x), x._version, layer.stats.bounds, codes, {id(layer)})
+
+    def __getstate__(self) -> dict:  # pickling and deepcopy: no cached input
+        return {**self.__dict__, "_entry": None}
 
 
 class OpticalLinear(nn.Linear):
@@ -79,6 +119,7 @@ class OpticalLinear(nn.Linear):
         self.stream = stream
         self.stats = RangeTracker(("x", "w", "out"), q_smooth_factor, q_quantiles, device=device)
         self.register_buffer("rng", torch.zeros(3, dtype=torch.int64, device=device))
+        self.shared_input: SharedInput | None = None  # set by otlib.transform for siblings reading one tensor
         self.lora_rank = lora_rank
         self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
         self.lora_dropout = lora_dropout
@@ -130,8 +171,23 @@ class OpticalLinear(nn.Linear):
         weight = self.effective_weight()
         if cfg.q_bypass:
             return F.linear(x, weight, self.bias)
+        share = self.shared_input
+        if share is not None and (not self.training or torch.compiler.is_compiling()):
+            share = None
+        shared = share.lookup(self, x) if share is not None else None
+        x_codes = None
         # the call counter advances on the device (a fresh dither stream per call, no sync), in the ranges' fold
-        ranges = self.stats.observe({X: x, W: weight}, self.training, counter=self.rng[1:2])
+        if shared is None:
+            ranges = self.stats.observe({X: x, W: weight}, self.training, counter=self.rng[1:2])
+            if share is not None:
+                x_key = x
+                x = ops.autocast_input(x)  # what the op encodes (the op's own cast is then a no-op)
+                x_codes = ops.encode_input(x, ranges, cfg.q_levels)
+                share.record(self, x_key, x_codes)
+        else:  # a sibling has observed and encoded this x
+            leader_bounds, x_codes = shared
+            ranges = self.stats.observe({W: weight}, self.training, counter=self.rng[1:2])
+            self.stats.copy_row(X, leader_bounds)
         y, out_min, out_max = ops.optical_linear(
             x,
             weight,
@@ -142,6 +198,7 @@ class OpticalLinear(nn.Linear):
             lut_min=cfg.q_lut_min,
             numerics=self.numerics,
             calibrate_out=not self.stats.is_set(OUT),  # first batch / untrained eval: accumulator's own range
+            x_codes=x_codes,
         )
         if self.training:
             self.stats.update_pair(OUT, out_min, out_max)

@@ -147,6 +147,13 @@ class RangeTracker(nn.Module):
             self._initialised_host[row] = True
 
     @torch.no_grad()
+    def copy_row(self, row: int, source: Tensor) -> None:
+        """Row `row` := the same row of `source`, another tracker's `bounds` that has observed the same tensor
+        (OpticalLinear's shared input)."""
+        self.bounds[row].copy_(source[row])
+        self.mark_set(row)
+
+    @torch.no_grad()
     def update_pair(self, row: int, lo: Tensor, hi: Tensor) -> None:
         """`update` from the batch (min, max) as two fp32 scalars (a product's accumulator range)."""
         fold = self.fold_target(row, lo)

@@ -6,7 +6,7 @@ which is also the oracle the kernels are tested against. See docs/numerics.md fo
 """
 
 from ._dispatch import force_reference
-from .optical_linear import optical_linear
+from .optical_linear import autocast_input, encode_input, optical_linear
 from .optical_matmul import optical_matmul
 from .philox import philox_uniform
 from .quantize import quantize
@@ -14,6 +14,8 @@ from .reference import optical_linear_ref, optical_matmul_ref, quant_params, qua
 from .softmax import scaled_masked_softmax, scaled_masked_softmax_reference
 
 __all__ = [
+    "autocast_input",
+    "encode_input",
     "force_reference",
     "optical_linear",
     "optical_linear_ref",

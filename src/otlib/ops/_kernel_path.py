@@ -62,6 +62,7 @@ def linear_kernel_path(
     lut_min: float | None,
     numerics: str,
     calibrate_out: bool,
+    x_codes: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_linear import optical_linear_fwd
 
@@ -77,6 +78,7 @@ def linear_kernel_path(
         lut_min=lut_min,
         readout=fused,
         out_dtype=x.dtype,
+        x_codes=x_codes,
     )
     if fused:
         y, omin, omax = out, acc_min, acc_max

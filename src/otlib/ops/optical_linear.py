@@ -29,20 +29,23 @@ def _forward(
     lut_min: float | None,
     numerics: str,
     calibrate_out: bool,
+    x_codes: Tensor | None = None,
+    x_sums: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    impl = linear_kernel_path if use_kernels(x, levels) else optical_linear_ref
+    kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out}
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(x.device.type, enabled=False):
-        return impl(
-            x, weight, bias, ranges, rng, levels=levels, lut_min=lut_min, numerics=numerics, calibrate_out=calibrate_out
-        )
+        if not use_kernels(x, levels):
+            return optical_linear_ref(x, weight, bias, ranges, rng, **kw)
+        codes = None if x_codes is None or x_sums is None else (x_codes, x_sums)
+        return linear_kernel_path(x, weight, bias, ranges, rng, **kw, x_codes=codes)
 
 
 _optical_linear_op = torch.library.custom_op("otlib::optical_linear", _forward, mutates_args=())
 
 
 @_optical_linear_op.register_fake
-def _(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out):
+def _(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, x_codes=None, x_sums=None):
     y = x.new_empty((*x.shape[:-1], weight.shape[0]))
     stat = x.new_empty((), dtype=torch.float32)
     return y, stat, stat.clone()
@@ -60,13 +63,13 @@ def _backward(ctx, grad_y: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     if grad_y is None:  # y unused (the Function does not materialise zero gradients)
-        return None, None, None, None, None, None, None, None, None
+        return (None,) * 11
     dt = grad_y.dtype
     gy2 = grad_y.reshape(-1, grad_y.shape[-1])
     gx = (grad_y @ weight.to(dt)).to(x.dtype) if need_x else None
     gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype) if need_w else None
     gb = gy2.float().sum(0).to(ctx.bias_dtype) if (need_b and ctx.has_bias) else None
-    return gx, gw, gb, None, None, None, None, None, None
+    return gx, gw, gb, *(None,) * 8
 
 
 _optical_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -86,6 +89,7 @@ def optical_linear(
     lut_min: float | None,
     numerics: str = "fixed",
     calibrate_out: bool = False,
+    x_codes: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical linear layer.
 
@@ -95,6 +99,8 @@ def optical_linear(
     Under torch.autocast, x is first cast to the autocast dtype (as nn.Linear's output would be).
     Returns y [..., N] in x's dtype, and fp32 0-d out_min/out_max of the pre-quantization accumulator
     (numerics="mase": of the quantized output, the peer's defect 3).
+    x_codes: `encode_input(x, ranges, levels)` of this x and ranges, computed for another layer reading the same x
+    (OpticalLinear's shared input): the kernel path skips encoding x again; the reference path ignores it.
     """
     check_common(levels, lut_min, numerics)
     check_state(ranges, rng)
@@ -104,8 +110,27 @@ def optical_linear(
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    x = autocast_input(x)
+    codes = (None, None) if x_codes is None else x_codes
+    return _call_linear(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, *codes)
+
+
+def autocast_input(x: Tensor) -> Tensor:
+    """x as `optical_linear` multiplies it: under torch.autocast, cast to the autocast dtype. nn.Linear's autocast
+    rule for the output dtype: the activation is cast, so y has that dtype; weight and bias are read in their own
+    dtype (fp32 master weights are quantized directly, no bf16 copy)."""
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-        # nn.Linear's autocast rule for the output dtype: the activation is cast to the autocast dtype, so y has it;
-        # weight and bias are read in their own dtype (fp32 master weights are quantized directly, no bf16 copy)
-        x = x.to(torch.get_autocast_dtype(x.device.type))
-    return _call_linear(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out)
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
+def encode_input(x: Tensor, ranges: Tensor, levels: int) -> tuple[Tensor, Tensor] | None:
+    """The kernel path's encoding of x ([..., K], as `optical_linear` receives it after its autocast cast) with the
+    x range of `ranges`: fp16 level codes [M, K] and their row sums, for `optical_linear(x_codes=...)`; None where
+    the reference runs (it encodes inside its own arithmetic)."""
+    if not use_kernels(x, levels):
+        return None
+    from ..kernels.quantize import operand_codes
+
+    codes, sums = operand_codes(x.reshape(1, -1, x.shape[-1]), ranges.contiguous(), 0, levels - 1)
+    return codes[0], sums[0]
