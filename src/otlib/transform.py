@@ -5,9 +5,10 @@
 - the attention of every `LlamaAttention` with optical attention: an `OpticalAttentionState`
   submodule is attached and the model's attention implementation is set to "optical".
 Each optical product gets its own Philox stream id, in module order, so no two products of a
-model draw the same dither. Linears that read one tensor (`SHARED_INPUTS`: q/k/v, gate/up) are linked
-by a `SharedInput`: x is observed and encoded once for them (the same values). With `use_lora = true` the optical linears get adapters and only
-the adapters stay trainable (base weights, embeddings, norms and the LM head are frozen).
+model draw the same dither. Linears that read one tensor (`SHARED_INPUTS`: q/k/v, gate/up) are
+linked by a `SharedInput`: their input is observed and encoded once (the same values). With
+`use_lora = true` the optical linears get adapters and only the adapters stay trainable (base
+weights, embeddings, norms and the LM head are frozen).
 
 Ranges, counters and adapters are buffers/parameters, so `state_dict()` and `save_pretrained`
 carry them; `save_optical` adds the otlib TOML next to the weights and `load_optical` rebuilds

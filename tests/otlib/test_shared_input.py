@@ -126,16 +126,20 @@ def test_other_modified_or_repeated_inputs_do_not_share(monkeypatch):
     assert calls == [[X, W]] * 4 + [[W], [X, W], [W]]
 
 
-def test_eval_does_not_share(monkeypatch):
+def test_eval_and_inference_mode_do_not_share(monkeypatch):
     layers = _linked()
     x = torch.randn(9, 41)
     for layer in layers:
         layer(x)  # training: every range set
-        layer.eval()
     calls = _record_observed_rows(monkeypatch)
+    with torch.inference_mode():  # training mode, but inference tensors have no version counter
+        x_inference = torch.randn(9, 41)
+        for layer in layers:
+            layer(x_inference)
     for layer in layers:
+        layer.eval()
         layer(x)
-    assert calls == [[X, W]] * 3
+    assert calls == [[X, W]] * 6
 
 
 @pytest.mark.parametrize("numerics", ["fixed", "mase"])

@@ -42,7 +42,9 @@ class SharedInput:
     ranges are equal anyway), one fold and one encoder pass of x fewer per sibling (benchmarks/NOTES.md 48).
 
     An input is the same tensor object, unmodified since the leader saw it (its version counter): different
-    inputs never share. Training only, eager only (not under torch.compile, whose graphs hold no Python state).
+    inputs never share. A sibling that has used the current input and is called with it again leads a new
+    round. Training only, eager only (not under torch.compile, whose graphs hold no Python state, nor in
+    inference mode, whose tensors have no version counter).
     """
 
     def __init__(self, size: int) -> None:
@@ -172,7 +174,9 @@ class OpticalLinear(nn.Linear):
         if cfg.q_bypass:
             return F.linear(x, weight, self.bias)
         share = self.shared_input
-        if share is not None and (not self.training or torch.compiler.is_compiling()):
+        if share is not None and (
+            not self.training or torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
+        ):
             share = None
         shared = share.lookup(self, x) if share is not None else None
         x_codes = None
