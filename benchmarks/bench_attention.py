@@ -7,7 +7,8 @@ Per head shape (the 60M and 600M Llamas' attention, head_dim 64): do_bench media
 - eager fwd+bwd: transformers' `eager_attention_forward` (materialised scores: Q·Kᵀ, mask, fp32 softmax, P·V),
 - optical fwd+bwd and optical fwd alone: `optical_attention_forward` in training mode (ranges updating),
 plus the ratio optical / SDPA (fwd+bwd) and whether one optical fwd+bwd makes a host sync
-(`torch.cuda.set_sync_debug_mode("error")`). Q, K, V are [B, T, H, D] transposed to [B, H, T, D], the
+(`torch.cuda.set_sync_debug_mode("error")`); then SDPA and optical fwd+bwd replayed from a CUDA graph (GPU time
+without the host's launch overhead, which bounds the eager optical call) and their ratio. Q, K, V are [B, T, H, D] transposed to [B, H, T, D], the
 layout Llama's projections hand to attention; the mask is eager attention's additive fp32 causal mask
 [B, 1, T, T] (the trainer keeps fp32 master weights under bf16 autocast, so the mask is fp32).
 One table, markdown, to stdout and --out.
@@ -107,6 +108,26 @@ def fwd_bwd(fn: Callable[[], Tensor]) -> Callable[[], None]:
     return run
 
 
+def graphed_ms(run: Callable[[], None], leaves: list[Tensor], reps: int = 5) -> float:
+    """Median ms of one `run` (fwd+bwd), `reps` of them captured in one CUDA graph after warm-up on a side stream;
+    the leaves' gradients start as None, so the first backward allocates them in the graph's pool."""
+    from triton.testing import do_bench
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    for leaf in leaves:
+        leaf.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            run()
+    return do_bench(graph.replay, return_mode="median") / reps
+
+
 def bench_shape(batch: int, heads: int, kv_heads: int, dim: int, t: int) -> dict[str, float | str]:
     from triton.testing import do_bench
 
@@ -119,6 +140,8 @@ def bench_shape(batch: int, heads: int, kv_heads: int, dim: int, t: int) -> dict
     out["syncs"] = host_syncs(runs["optical_fwd_bwd"])
     for name, fn in runs.items():
         out[name] = do_bench(fn, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
+    for name in ("sdpa", "optical"):
+        out[f"{name}_graphed"] = graphed_ms(runs[f"{name}_fwd_bwd"], leaves)
     return out
 
 
@@ -136,15 +159,18 @@ def main(argv: list[str] | None = None) -> None:
         f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
         f"transformers {transformers.__version__}, T = {args.block}, bf16, causal",
         "",
-        "| heads (B × H/Hkv × D) | " + " | ".join(f"{c} ms" for c in cols) + " | optical × SDPA | host syncs |",
-        "|---" * (len(cols) + 3) + "|",
+        "| heads (B × H/Hkv × D) | "
+        + " | ".join(f"{c} ms" for c in cols)
+        + " | optical × SDPA | host syncs | graphed: SDPA / optical fwd_bwd ms | graphed optical × SDPA |",
+        "|---" * (len(cols) + 5) + "|",
     ]
     for name, batch, heads, kv_heads, dim in SHAPES:
         t = bench_shape(batch, heads, kv_heads, dim, args.block)
         lines.append(
             f"| {name} {batch}×{heads}/{kv_heads}×{dim} | "
             + " | ".join(f"{t[c]:.3f}" for c in cols)
-            + f" | {t['optical_fwd_bwd'] / t['sdpa_fwd_bwd']:.2f} | {t['syncs']} |"
+            + f" | {t['optical_fwd_bwd'] / t['sdpa_fwd_bwd']:.2f} | {t['syncs']}"
+            + f" | {t['sdpa_graphed']:.3f} / {t['optical_graphed']:.3f} | {t['optical_graphed'] / t['sdpa_graphed']:.2f} |"
         )
         print(lines[-1], flush=True)
         torch.cuda.empty_cache()
