@@ -111,22 +111,27 @@ VARIANTS = [
         },
         {"num_warps": 4},
     ),
-    (
-        "range fold, two operands + counter",
-        ranges._minmax_fold_kernel,
-        {
-            "x_ptr": "*fp32",
-            "row_x": "*fp32",
-            "scratch_x": "*fp32",
-            "ticket_x": "*i32",
-            "y_ptr": "*bf16",
-            "row_y": "*fp32",
-            "scratch_y": "*fp32",
-            "ticket_y": "*i32",
-            "counter_ptr": "*i64",
-        },
-        {"TWO": True, "COUNT": True, "BLOCK": ranges.BLOCK},
-        {"num_warps": 8},
+    *(
+        (
+            name,
+            ranges._minmax_fold_kernel,
+            {
+                "x_ptr": "*fp32",
+                "row_x": "*fp32",
+                "scratch_x": "*fp32",
+                "ticket_x": "*i32",
+                "y_ptr": "*bf16",
+                "row_y": "*fp32",
+                "scratch_y": "*fp32",
+                "ticket_y": "*i32",
+                "counter_ptr": "*i64",
+                "copy_from": "*fp32",
+                "copy_to": "*fp32",
+            },
+            {"TWO": two, "COUNT": True, "COPY": not two, "BLOCK": ranges.BLOCK},
+            {"num_warps": 8},
+        )
+        for name, two in (("range fold, two operands + counter", True), ("range fold, one + counter + row copy", False))
     ),
     (
         "range pair fold",

@@ -217,3 +217,30 @@ def test_tracker_folds_three_operands_in_two_launches(monkeypatch):
         assert counter.item() == 2 and tracker._initialised_host == [True] * 3
         results.append(tracker.bounds)
     assert_equal_verbose(results[0], results[1])
+
+
+def test_tracker_copies_a_sibling_row_in_the_fold_launch(monkeypatch):
+    """observe(copy_from=(row, bounds)) sets the row to another tracker's (a shared input's x range) while folding
+    its own operands: in the fold's launch (kernels forced on, interpreted on CPU) and on the torch path alike."""
+    import otlib.kernels.ranges as kernel_module
+    import otlib.layers.ranges as ranges_module
+    from otlib.layers import RangeTracker
+
+    x, w = torch.randn(16, 24, device=DEVICE) * 3, torch.randn(8, 24, device=DEVICE)
+    launches = []
+    launch = kernel_module.minmax_fold_
+    monkeypatch.setattr(kernel_module, "minmax_fold_", lambda *a, **kw: launches.append(kw) or launch(*a, **kw))
+    for kernels in (True, False):
+        monkeypatch.setattr(ranges_module, "use_kernels", lambda t, levels=2, on=kernels: on)
+        leader, follower = (RangeTracker(("x", "w", "out"), BETA, device=DEVICE) for _ in range(2))
+        rng = torch.tensor([0, 0, 9], device=DEVICE)
+        for step in range(2):
+            leader.observe({0: x + step, 1: w}, training=True)
+            follower.observe({1: w * 2}, training=True, counter=rng[1:2], copy_from=(0, leader.bounds))
+            assert_equal_verbose(follower.bounds[0], leader.bounds[0], f"kernels={kernels}, step {step}")
+        assert follower._initialised_host == [True, True, False] and follower.initialised.tolist() == [1, 1, 0]
+        assert rng.tolist() == [0, 2, 9]
+        expected = _torch_update(_aminmax(w * 2), _aminmax(w * 2), False)
+        assert_equal_verbose(follower.bounds[1], expected)
+    # with kernels: the two leader folds and the two follower folds launched, the copy in the follower's
+    assert [kw.get("copy") is not None for kw in launches] == [False, True, False, True]

@@ -36,10 +36,10 @@ def _record_observed_rows(monkeypatch) -> list[list[int]]:
     calls: list[list[int]] = []
     observe = RangeTracker.observe
 
-    def recording(self, operands, training, counter=None):
+    def recording(self, operands, training, counter=None, copy_from=None):
         if self.names == ("x", "w", "out"):
             calls.append(sorted(operands))
-        return observe(self, operands, training, counter)
+        return observe(self, operands, training, counter, copy_from)
 
     monkeypatch.setattr(RangeTracker, "observe", recording)
     return calls

@@ -104,17 +104,25 @@ def _minmax_fold_kernel(
     ticket_y,
     first_y,
     counter_ptr,
+    copy_from,
+    copy_to,
     beta,
     alpha,
     TWO: tl.constexpr,
     COUNT: tl.constexpr,
+    COPY: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Programs [0, programs_x) fold x into its row; with TWO, the others fold y into its own. With COUNT, program
-    0 also advances the int64 call counter by one (the op's Philox counter, read only by later launches)."""
+    0 also advances the int64 call counter by one (the op's Philox counter, read only by later launches); with
+    COPY, it copies the fp32 pair at copy_from (written by an earlier launch) to copy_to."""
     pid = tl.program_id(0)
     if COUNT:
         tl.store(counter_ptr, tl.load(counter_ptr, mask=pid == 0, other=0) + 1, mask=pid == 0)
+    if COPY:
+        pair = tl.arange(0, 2)
+        first_program = (pair < 2) & (pid == 0)
+        tl.store(copy_to + pair, tl.load(copy_from + pair, mask=first_program), mask=first_program)
     if TWO:
         if pid >= programs_x:
             _fold_share(
@@ -166,13 +174,15 @@ def minmax_fold_(
     *,
     second: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool] | None = None,
     counter: torch.Tensor | None = None,
+    copy: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Fold min/max of `x` (any float dtype, numel > 0) into `row` (fp32 [2], contiguous): set it when `first`,
     else the EMA with smoothing factor `beta`. `scratch` fp32 [2] = (+inf, −inf) and `ticket` int32 [2] = 0 are
     the row's reduction state; they are back to those values when the kernel ends.
 
     second = (y, row, scratch, ticket, first): fold y into another row in the same launch (a product's two
-    operands). counter: an int64 tensor whose first element the launch advances by one (the call counter)."""
+    operands). counter: an int64 tensor whose first element the launch advances by one (the call counter).
+    copy = (source, target): fp32 [2] rows; the launch also sets target to source (a shared input's x range)."""
     targets = [(x, row, scratch, ticket, first)] + ([second] if second is not None else [])
     flats, programs = [], []
     for t, *_ in targets:
@@ -197,10 +207,12 @@ def minmax_fold_(
         ticket_y,
         int(first_y),
         counter if counter is not None else ticket_x,
+        *(copy if copy is not None else (row_x, row_x)),
         _fp32(beta),
         _fp32(1.0 - beta),
         TWO=second is not None,
         COUNT=counter is not None,
+        COPY=copy is not None,
         BLOCK=BLOCK,
         num_warps=8,
         **LAUNCH_OPTS,

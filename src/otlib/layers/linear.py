@@ -190,8 +190,7 @@ class OpticalLinear(nn.Linear):
                 share.record(self, x_key, x_codes)
         else:  # a sibling has observed and encoded this x
             leader_bounds, x_codes = shared
-            ranges = self.stats.observe({W: weight}, self.training, counter=self.rng[1:2])
-            self.stats.copy_row(X, leader_bounds)
+            ranges = self.stats.observe({W: weight}, True, counter=self.rng[1:2], copy_from=(X, leader_bounds))
         y, out_min, out_max = ops.optical_linear(
             x,
             weight,

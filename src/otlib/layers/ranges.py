@@ -147,13 +147,6 @@ class RangeTracker(nn.Module):
             self._initialised_host[row] = True
 
     @torch.no_grad()
-    def copy_row(self, row: int, source: Tensor) -> None:
-        """Row `row` := the same row of `source`, another tracker's `bounds` that has observed the same tensor
-        (OpticalLinear's shared input)."""
-        self.bounds[row].copy_(source[row])
-        self.mark_set(row)
-
-    @torch.no_grad()
     def update_pair(self, row: int, lo: Tensor, hi: Tensor) -> None:
         """`update` from the batch (min, max) as two fp32 scalars (a product's accumulator range)."""
         fold = self.fold_target(row, lo)
@@ -198,7 +191,13 @@ class RangeTracker(nn.Module):
             for row in rows:
                 self.mark_set(row)
 
-    def observe(self, operands: Mapping[int, Tensor], training: bool, counter: Tensor | None = None) -> Tensor:
+    def observe(
+        self,
+        operands: Mapping[int, Tensor],
+        training: bool,
+        counter: Tensor | None = None,
+        copy_from: tuple[int, Tensor] | None = None,
+    ) -> Tensor:
         """Ranges for one call, fp32 [n, 2], given the call's operand tensors by row.
 
         Training: fold the operands' statistics into the buffers, then return the buffers.
@@ -206,10 +205,12 @@ class RangeTracker(nn.Module):
         untrained optical model evaluates instead of producing NaN; trained rows are used as is.
         counter: the call's Philox counter (int64, its first element), advanced by one here — in the fold's launch
         where the device fold runs (one launch fewer per call).
+        copy_from = (row, bounds): training only, the row set to the same row of another tracker's bounds, which
+        has observed the same tensor (OpticalLinear's shared input) — in the fold's launch where it runs.
         """
         with torch.no_grad():
             if training:
-                self._observe_training(operands, counter)
+                self._observe_training(operands, counter, copy_from)
                 return self.bounds
             if counter is not None:
                 counter.add_(1)
@@ -221,16 +222,23 @@ class RangeTracker(nn.Module):
             bounds[row] = self.batch_stats(operands[row])
         return bounds
 
-    def _observe_training(self, operands: Mapping[int, Tensor], counter: Tensor | None) -> None:
+    def _observe_training(
+        self, operands: Mapping[int, Tensor], counter: Tensor | None, copy_from: tuple[int, Tensor] | None
+    ) -> None:
         rows = list(operands)
         folds = [self.fold_target(row, operands[row]) for row in rows]
+        copy = None if copy_from is None else (copy_from[1][copy_from[0]], self.bounds[copy_from[0]])
+        if copy_from is not None:
+            self.mark_set(copy_from[0])
         if rows and all(fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)):
             targets = [(operands[row], fold) for row, fold in zip(rows, folds, strict=True)]
-            for i in range(0, len(targets), 2):  # two per launch (a product's operands); the counter in the first
-                minmax_folds(targets[i : i + 2], counter if i == 0 else None)
+            for i in range(0, len(targets), 2):  # two per launch (a product's operands); counter and copy in the first
+                minmax_folds(targets[i : i + 2], counter if i == 0 else None, copy if i == 0 else None)
             for row in rows:
                 self.mark_set(row)
             return
+        if copy is not None:
+            copy[1].copy_(copy[0])
         if counter is not None:
             counter.add_(1)
         if not rows:

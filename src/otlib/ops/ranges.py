@@ -61,9 +61,14 @@ def minmax_fold(x: Tensor, fold: RangeFold) -> None:
     minmax_folds([(x, fold)])
 
 
-def minmax_folds(targets: Sequence[tuple[Tensor, RangeFold]], counter: Tensor | None = None) -> None:
+def minmax_folds(
+    targets: Sequence[tuple[Tensor, RangeFold]],
+    counter: Tensor | None = None,
+    copy: tuple[Tensor, Tensor] | None = None,
+) -> None:
     """minmax_fold of each (tensor, row) — one or two, of one tracker — and `counter` (int64, its first element)
-    advanced by one: eagerly in one launch, under torch.compile by the custom ops and an in-place add."""
+    advanced by one, and copy = (source, target) fp32 [2] rows: target set to source: eagerly in one launch,
+    under torch.compile by the custom ops and in-place ops."""
     if not 1 <= len(targets) <= 2 or len({fold.beta for _, fold in targets}) != 1:
         raise ValueError(f"minmax_folds: one or two targets of one smoothing factor, got {len(targets)}")
     if torch.compiler.is_compiling():
@@ -71,6 +76,8 @@ def minmax_folds(targets: Sequence[tuple[Tensor, RangeFold]], counter: Tensor | 
             _minmax_fold_op(x, fold.bounds, fold.scratch, fold.tickets, fold.row, fold.beta, fold.first)
         if counter is not None:
             counter.add_(1)
+        if copy is not None:
+            copy[1].copy_(copy[0])
         return
     from otlib.kernels.ranges import minmax_fold_
 
@@ -79,7 +86,7 @@ def minmax_folds(targets: Sequence[tuple[Tensor, RangeFold]], counter: Tensor | 
         y, other = targets[1]
         second = (y.detach(), other.bounds[other.row], other.scratch[other.row], other.tickets[other.row], other.first)
     row, scratch, ticket = fold.bounds[fold.row], fold.scratch[fold.row], fold.tickets[fold.row]
-    minmax_fold_(x.detach(), row, scratch, ticket, fold.beta, fold.first, second=second, counter=counter)
+    minmax_fold_(x.detach(), row, scratch, ticket, fold.beta, fold.first, second=second, counter=counter, copy=copy)
 
 
 def pair_fold(lo: Tensor, hi: Tensor, fold: RangeFold) -> None:
