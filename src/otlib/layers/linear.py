@@ -6,7 +6,8 @@ The layer keeps the state and makes one call into `otlib.ops.optical_linear`: it
 call counter (so every call draws fresh dither), updates the x/w ranges from the batch
 (training only), and after the op folds the pre-quantization accumulator's min/max into the
 out range. The parameters are `weight` and `bias` exactly as in `nn.Linear`, so state dicts of
-the digital model load unchanged.
+the digital model load unchanged. Siblings that read the same x (`SharedInput`: q/k/v, gate/up)
+observe and encode it once between them.
 
 LoRA (`lora_rank > 0`): W_eff = W + (alpha / rank)·B·A, A [rank, in] (Kaiming), B [out, rank]
 (zeros, so the layer starts equal to the base layer). W_eff — not W — is what the SLM holds:
