@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from report import emit, host_syncs, require_cuda  # benchmarks/report.py (scripts run from this folder)
+from report import emit, graphed_ms, host_syncs, require_cuda  # benchmarks/report.py (scripts run from this folder)
 from torch import Tensor, nn
 
 # (name, batch, query heads, KV heads, head_dim)
@@ -108,26 +108,6 @@ def fwd_bwd(fn: Callable[[], Tensor]) -> Callable[[], None]:
     return run
 
 
-def graphed_ms(run: Callable[[], None], leaves: list[Tensor], reps: int = 5) -> float:
-    """Median ms of one `run` (fwd+bwd), `reps` of them captured in one CUDA graph after warm-up on a side stream;
-    the leaves' gradients start as None, so the first backward allocates them in the graph's pool."""
-    from triton.testing import do_bench
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    for leaf in leaves:
-        leaf.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            run()
-    return do_bench(graph.replay, return_mode="median") / reps
-
-
 def bench_shape(batch: int, heads: int, kv_heads: int, dim: int, t: int) -> dict[str, float | str]:
     from triton.testing import do_bench
 
@@ -140,8 +120,13 @@ def bench_shape(batch: int, heads: int, kv_heads: int, dim: int, t: int) -> dict
     out["syncs"] = host_syncs(runs["optical_fwd_bwd"])
     for name, fn in runs.items():
         out[name] = do_bench(fn, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
+
+    def grads_to_none() -> None:  # the first captured backward then allocates them in the graph's pool
+        for leaf in leaves:
+            leaf.grad = None
+
     for name in ("sdpa", "optical"):
-        out[f"{name}_graphed"] = graphed_ms(runs[f"{name}_fwd_bwd"], leaves)
+        out[f"{name}_graphed"] = graphed_ms(runs[f"{name}_fwd_bwd"], reps=5, before_capture=grads_to_none)
     return out
 
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
+from report import emit, graphed_ms, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
 # (what, shape, dtype): a weight, the activations of the 60M attention and MLP inputs, P, and V
 FOLD_SHAPES = [
@@ -34,19 +34,7 @@ BETA = 0.9
 
 def graphed_us(fn: Callable[[], object], reps: int = 20) -> float:
     """Median µs of one call of `fn`, replayed `reps` times from one CUDA graph."""
-    from triton.testing import do_bench
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (compiles, allocates) outside the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return do_bench(graph.replay, return_mode="median") * 1e3 / reps
+    return graphed_ms(fn, reps) * 1e3
 
 
 def fold_table() -> list[str]:

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the GPU check, the atomic write of a markdown table, and the host-sync check."""
+"""Shared by the benchmark scripts: the GPU check, the atomic write of a markdown table, the host-sync check, and
+the timing of CUDA-graph replays."""
 
 import os
 import tempfile
@@ -57,3 +58,24 @@ def host_syncs(step: Callable[[], None]) -> str:
         return f"SYNC at {where}" if where else "SYNC"
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def graphed_ms(fn: Callable[[], object], reps: int = 20, before_capture: Callable[[], None] | None = None) -> float:
+    """Median ms of one call of `fn`, `reps` calls captured in one CUDA graph and replayed (host time excluded).
+    Three warm-up calls (compiles, allocations) run on a side stream first; then `before_capture`, if given."""
+    import torch
+    from triton.testing import do_bench
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if before_capture is not None:
+        before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return do_bench(graph.replay, return_mode="median") / reps
