@@ -34,6 +34,7 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
 
     from otlib.kernels.optical_matmul import new_minmax, optical_gemm, raw_a_pays
     from otlib.kernels.quantize import operand_codes
+    from otlib.kernels.utils import launch_meta
 
     a = torch.randn(g, m, k, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(g, n, k, device="cuda", dtype=torch.bfloat16)
@@ -46,9 +47,7 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
     cublas = do_bench(lambda: torch.matmul(a, b.transpose(1, 2))) * 1e3
     cells = []
     for cfg in configs:
-        meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        if cfg.maxnreg:
-            meta["maxnreg"] = cfg.maxnreg
+        meta = launch_meta(cfg)
 
         def run(meta=meta):
             optical_gemm(a_enc, b_enc, 1, None, ranges, rng, 255, minmax, readout=True,

@@ -18,6 +18,7 @@ fails reports its exception in the table. One table, markdown, to stdout and --o
 """
 
 import argparse
+import functools
 import gc
 import itertools
 import statistics
@@ -104,7 +105,14 @@ def _capture(step: Callable[[], None], body: Callable[[], None], warmup: int) ->
     graph = torch.cuda.CUDAGraph()
     with unpacked_rows(), torch.cuda.graph(graph):
         body()
-    return graph.replay
+    return functools.partial(_replay, graph, body)
+
+
+def _replay(graph: torch.cuda.CUDAGraph, body: Callable[[], None]) -> None:
+    """Replay the captured step. `body` rides along because the graph reads and writes the memory of what it
+    holds (model, optimizer state, batch): freed, that memory would go to the next allocation while the graph
+    still writes into it (two graphed models in one process crashed so)."""
+    graph.replay()
 
 
 def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:

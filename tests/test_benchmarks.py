@@ -72,3 +72,33 @@ def test_gemm_configs_parse_candidate_tiles():
     for bad in ("64x64:w8:s2", "64x64x64:8:s2", "64x64x64:w8", "64x64x64:w8:s2:x", "64x64x64:w8:s2:m1:m2"):
         with pytest.raises(SystemExit):  # argparse names the bad item
             module.main(["--configs", bad])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_step_keeps_its_model_alive():
+    """The replayed graph writes into the model's memory: the returned step must hold the model (and its
+    optimizer and batch) until it is dropped, and two graphed models must run side by side in one process."""
+    import gc
+    import weakref
+
+    module = _load("bench_training_step")
+    steps, models = [], []
+    for _ in range(2):
+        model = module.build_model("60m", "optical", torch.device("cuda"), layers=1)
+        steps.append(module.make_step(model, 2, 64, "graphed", 2))
+        models.append(weakref.ref(model))
+        del model
+    gc.collect()
+    assert all(ref() is not None for ref in models)
+    before = [p.detach().clone() for p in models[0]().parameters()]
+    for replay in steps * 2:  # alternating replays of both graphs
+        replay()
+    del replay
+    torch.cuda.synchronize()
+    after = list(models[0]().parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # AdamW moved the weights
+    steps.clear()
+    gc.collect()
+    assert all(ref() is None for ref in models)

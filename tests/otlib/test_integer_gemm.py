@@ -268,3 +268,27 @@ def test_later_calls_launch_the_autotuner_choice_directly():
     again = optical_linear_fwd(x, w, None, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=x.dtype)
     for a, b in zip(first, again, strict=True):
         assert_equal_verbose(b, a)
+
+
+def test_direct_launch_keeps_the_chosen_register_cap():
+    # a capped config (maxnreg) must launch capped after the autotuner picked it, not only in the autotuning call
+    from otlib.kernels.utils import TunedLaunch
+
+    capped = triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3, maxnreg=128)
+    plain = triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=4)
+    launches = []
+
+    class FakeKernel:
+        best_config = capped
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    for best, cap in ((capped, 128), (plain, None)):
+        FakeKernel.best_config = best
+        launch = TunedLaunch(FakeKernel())
+        launch(("key",), None, (), {"FLAG": True})  # through the autotuner
+        launch(("key",), None, (), {"FLAG": True})  # direct, with its choice
+        assert launches[-1].get("maxnreg") == cap
+        assert launches[-1]["num_warps"] == best.num_warps and launches[-1]["num_stages"] == best.num_stages
+        assert launches[-1]["BLOCK_M"] == best.kwargs["BLOCK_M"] and launches[-1]["FLAG"] is True

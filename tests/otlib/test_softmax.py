@@ -13,9 +13,11 @@ from helpers import assert_close_verbose
 from otlib.ops import scaled_masked_softmax, scaled_masked_softmax_reference
 from otlib.ops.softmax import fused_softmax
 
-pytest.importorskip("triton", reason="Triton is not installed")
+triton = pytest.importorskip("triton", reason="Triton is not installed")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = pytest.mark.skipif(DEVICE == "cpu", reason="interpreted, rows of 1024 columns take minutes")
+ON_CPU = pytest.mark.skipif(DEVICE != "cpu", reason="a compiled kernel keeps the MIN_PARTED_BLOCK it was built with")
 SCALING = 0.125
 
 
@@ -79,13 +81,30 @@ def test_dispatch_on_cpu_is_the_reference():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("t", "s", "batch_mask"), [(37, 37, True), (20, 100, False)])
-def test_reading_only_up_to_the_causal_diagonal_changes_nothing(dtype, t, s, batch_mask):
+@pytest.mark.parametrize(
+    ("t", "s", "batch_mask", "h", "parted_from"),
+    [
+        (37, 37, True, 3, None),
+        (20, 100, False, 3, None),
+        # rows ending in the first quarter or half of a block of ≥ 1024 columns run on that part alone
+        pytest.param(1024, 1024, True, 2, None, marks=ON_GPU),
+        pytest.param(600, 1100, False, 2, None, marks=ON_GPU),
+        # the same logic interpreted, at small sizes
+        pytest.param(37, 37, True, 3, 64, marks=ON_CPU),
+        pytest.param(100, 120, False, 1, 64, marks=ON_CPU),
+    ],
+)
+def test_reading_only_up_to_the_causal_diagonal_changes_nothing(dtype, t, s, batch_mask, h, parted_from, monkeypatch):
     """Given the fully masked rows of a causal mask, the kernels read the other rows only up to the diagonal: P, its
-    row statistics and dS equal those of the full rows bit for bit, fully masked (uniform) rows included."""
+    row statistics and dS equal those of the full rows bit for bit, fully masked (uniform) rows included.
+    parted_from: rows of blocks from this many columns on run on parts of the block (interpreted: the parts' logic at
+    small sizes; the kernels part blocks from 1024 columns on, where the compiled layouts keep the bits)."""
+    from otlib.kernels import softmax
     from otlib.kernels.softmax import softmax_bwd, softmax_fwd
 
-    scores, mask, allowed = _inputs(dtype, t=t, s=s, batch_mask=batch_mask)
+    if parted_from is not None:
+        monkeypatch.setattr(softmax, "MIN_PARTED_BLOCK", triton.language.constexpr(parted_from))
+    scores, mask, allowed = _inputs(dtype, h=h, t=t, s=s, batch_mask=batch_mask)
     full_rows = ~allowed[:, 0].any(-1)  # [B or 1, T]
     assert bool(full_rows.any()) == batch_mask  # the padded batch holds one
     grad = torch.randn(scores.shape, device=DEVICE).to(dtype)

@@ -22,22 +22,18 @@ MAX_COLUMNS = 16384  # one row per program, held in registers
 
 
 @triton.jit
-def _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """The block's columns, those of the row (< S), and those read: up to the causal diagonal unless the row is
-    fully masked (HAS_ROWS), else the row's."""
-    cols = tl.arange(0, BLOCK)
-    ok = cols < S
+def _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr):
+    """How many of the row's columns are read: up to the causal diagonal (column t + S − T) unless the row is fully
+    masked (HAS_ROWS), else all S."""
+    last = row * 0 + S  # int64, as row
     if HAS_ROWS:
         t = row % T
         full = tl.load(rows_ptr + (row // (H * T)) * rs_b + t * rs_t)
-        # up to the diagonal (column t + S − T), rounded up to a multiple of 16 columns: a bound the compiler knows
-        # to be a multiple of 16 keeps the loads vectorised (a per-column bound made them scalar and the kernels
-        # slower than reading the whole row); the few extra columns are masked ones, P = 0 either way
+        # rounded up to a multiple of 16 columns: a bound the compiler knows to be a multiple of 16 keeps the loads
+        # vectorised (a per-column bound made them scalar and the kernels slower than reading the whole row); the
+        # few extra columns are masked ones, P = 0 either way
         last = tl.where(full, S, ((t + S - T) // 16 + 1) * 16)
-        read = ok & (cols < last)
-    else:
-        read = ok
-    return cols, ok, read
+    return last
 
 
 @triton.jit
@@ -56,10 +52,75 @@ def _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t,
 
 
 @triton.jit
+def _zero_beyond(ptr, row, S, PART: tl.constexpr):
+    """Store 0 in the row's columns from PART on (above the diagonal, where P and dS are 0)."""
+    cols = tl.arange(0, PART)
+    zeros = tl.zeros((PART,), dtype=ptr.dtype.element_ty)
+    for c0 in range(PART, S, PART):
+        tl.store(ptr + row * S + c0 + cols, zeros, mask=c0 + cols < S)
+
+
+@triton.jit
 def _nan_minmax(lo_a, hi_a, lo_b, hi_b):
     """Combine (min, max) pairs; a NaN on either side wins both."""
     nan = (lo_a != lo_a) | (hi_a != hi_a) | (lo_b != lo_b) | (hi_b != hi_b)
     return tl.where(nan, float("nan"), tl.minimum(lo_a, lo_b)), tl.where(nan, float("nan"), tl.maximum(hi_a, hi_b))
+
+
+@triton.jit
+def _fwd_row(
+    s_ptr, mask_ptr, p_ptr, stats_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
+    HAS_MASK: tl.constexpr, ROW_STATS: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """P of one row from its first PART columns (those read lie within them); the rest of the row is stored 0."""
+    cols = tl.arange(0, PART)
+    ok = cols < S
+    p = _probs(s_ptr, mask_ptr, row, cols, ok & (cols < last), scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    stored = cast_for_store(p, p_ptr)
+    tl.store(p_ptr + row * S + cols, stored, mask=ok)
+    if PART < BLOCK:
+        _zero_beyond(p_ptr, row, S, PART)
+    if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
+        v = stored.to(tl.float32)
+        lo, hi = tl.where(ok, v, float("inf")), tl.where(ok, v, float("-inf"))
+        # compiled: one paired reduction (fewer shuffles); the interpreter runs a combine function element by
+        # element, so there three plain reductions give the same values
+        if INTERPRETED:
+            nan = tl.max((v != v).to(tl.int32), axis=0) > 0
+            lo = tl.where(nan, float("nan"), tl.min(lo, axis=0))
+            hi = tl.where(nan, float("nan"), tl.max(hi, axis=0))
+        else:
+            lo, hi = tl.reduce((lo, hi), 0, _nan_minmax)
+        if PART < BLOCK:  # the zeros stored beyond the part (S > BLOCK / 2 ≥ PART: there are some)
+            lo, hi = _nan_minmax(lo, hi, 0.0, 0.0)
+        tl.store(stats_ptr + 2 * row, lo)
+        tl.store(stats_ptr + 2 * row + 1, hi)
+
+
+@triton.jit
+def _bwd_row(
+    g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
+    HAS_MASK: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """dS of one row from its first PART columns (those read lie within them); the rest of the row is stored 0."""
+    cols = tl.arange(0, PART)
+    ok = cols < S
+    read = ok & (cols < last)
+    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
+    gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
+    gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
+    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
+    if PART < BLOCK:
+        _zero_beyond(gs_ptr, row, S, PART)
+
+
+# A causal row reads t + 1 of its S columns (rounded up to 16): rows that end within the first quarter or half of the
+# block run on that part alone (and store zeros beyond it) instead of computing the whole block, ~30 % less work
+# over a causal T × T matrix (benchmarks/NOTES.md 52). Same bits as the whole block: a part of ≥ 256 columns a warp
+# holds the same elements in the same registers of the same threads, the block's other registers hold exact zeros
+# for the sums, and max and min are order-free (tests/otlib/test_softmax.py). Blocks below 1024 columns run whole.
+MIN_PARTED_BLOCK = tl.constexpr(1024)
 
 
 @triton.jit
@@ -85,23 +146,17 @@ def _softmax_fwd_kernel(
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    cols, ok, read = _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
-    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
-    stored = cast_for_store(p, p_ptr)
-    tl.store(p_ptr + row * S + cols, stored, mask=ok)
-    if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
-        v = stored.to(tl.float32)
-        lo, hi = tl.where(ok, v, float("inf")), tl.where(ok, v, float("-inf"))
-        # compiled: one paired reduction (fewer shuffles); the interpreter runs a combine function element by
-        # element, so there three plain reductions give the same values
-        if INTERPRETED:
-            nan = tl.max((v != v).to(tl.int32), axis=0) > 0
-            lo = tl.where(nan, float("nan"), tl.min(lo, axis=0))
-            hi = tl.where(nan, float("nan"), tl.max(hi, axis=0))
+    last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
+    args = (s_ptr, mask_ptr, p_ptr, stats_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
+    if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
+        if last <= BLOCK // 4:
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 4, BLOCK)
+        elif last <= BLOCK // 2:
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 2, BLOCK)
         else:
-            lo, hi = tl.reduce((lo, hi), 0, _nan_minmax)
-        tl.store(stats_ptr + 2 * row, lo)
-        tl.store(stats_ptr + 2 * row + 1, hi)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK)
+    else:
+        _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK)
 
 
 @triton.jit
@@ -126,12 +181,17 @@ def _softmax_bwd_kernel(
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    cols, ok, read = _row_columns(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS, BLOCK)
-    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
-    g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
-    gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
-    gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
-    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
+    last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
+    args = (g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
+    if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
+        if last <= BLOCK // 4:
+            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK)
+        elif last <= BLOCK // 2:
+            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK)
+        else:
+            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK)
+    else:
+        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK)
 
 
 def num_warps_for(block: int) -> int:

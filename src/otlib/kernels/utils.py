@@ -61,11 +61,20 @@ def round_to_f16(y):
     return tl.where(y != y, y, tl.where(tl.abs(y) < 6.103515625e-05, tiny, normal))
 
 
+def launch_meta(config: triton.Config) -> dict:
+    """A config as keyword arguments of a direct launch: meta-parameters, num_warps, num_stages and, where the
+    config sets one, its register cap (maxnreg; without it a capped config ran uncapped: NOTES.md 51)."""
+    meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    if getattr(config, "maxnreg", None) is not None:
+        meta["maxnreg"] = config.maxnreg
+    return meta
+
+
 class TunedLaunch:
     """Launches an autotuned kernel: the first call per key through the autotuner, later calls the jitted kernel
     directly with the autotuner's choice (the same config it would reuse). Launching through the autotune and
     heuristics wrappers costs ~70 µs of host time per call on an H200 host (benchmarks/NOTES.md).
-    `chosen` maps each key to its config (meta-parameters, num_warps, num_stages)."""
+    `chosen` maps each key to its config (launch_meta: meta-parameters and launch options)."""
 
     def __init__(self, kernel: Autotuner) -> None:
         self.kernel = kernel
@@ -91,8 +100,7 @@ class TunedLaunch:
         meta = config or self.chosen.get(key)
         if meta is None:
             self.kernel[grid](*args, **flags, **LAUNCH_OPTS)
-            best = self.kernel.best_config
-            self.chosen[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            self.chosen[key] = launch_meta(self.kernel.best_config)
             return
         extra = derived(meta) if derived is not None else {}
         self.jit[grid](*args, **flags, **meta, **extra, **LAUNCH_OPTS)
