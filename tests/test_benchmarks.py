@@ -10,6 +10,7 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {
+    "ab_training_step": ["--variants", "default,full-pv"],
     "bench_optical_linear": ["--tokens", "64"],
     "bench_attention": ["--block", "32"],
     "bench_attention_grads": ["--block", "32"],
@@ -102,3 +103,53 @@ def test_graphed_step_keeps_its_model_alive():
     steps.clear()
     gc.collect()
     assert all(ref() is None for ref in models)
+
+
+def test_attention_stand_in_takes_the_causal_path_of_a_llama_attention(monkeypatch):
+    """bench_attention's stand-in module must reach otlib's products with the flags a LlamaAttention's call
+    gives them (causal Q·Kᵀ), or the benchmark times another path than the model runs."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    import otlib
+    from otlib.layers import attention
+
+    module = _load("bench_attention")
+    calls = []
+    product = attention.ops.optical_matmul
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("causal", False))
+        return product(*args, **kwargs)
+
+    monkeypatch.setattr(attention.ops, "optical_matmul", spy)
+    config = LlamaConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    llama = LlamaAttention(config, layer_idx=0)
+    stand_in = module.make_module(2, 1, torch.device("cpu"))
+    mask = module.causal_mask(1, 8, torch.device("cpu"))
+    llama.add_module(otlib.layers.STATE_ATTR, stand_in.get_submodule(otlib.layers.STATE_ATTR))
+    for mod in (llama, stand_in):
+        q, k, v = (torch.randn(1, h, 8, 16) for h in (2, 1, 1))
+        attention.optical_attention_forward(mod, q, k, v, mask, 0.25)
+    assert calls == [True, False, True, False]  # Q·Kᵀ causal, P·V not: the same for both modules
+
+
+def test_ab_variants_switch_one_optimisation_off_and_back():
+    """unlinked-inputs leaves no layer sharing its input; full-pv turns the causal P·V skip off while its model is
+    built and captured, and back on after."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from otlib import OpticalLinear
+    from otlib.kernels import optical_matmul
+
+    module = _load("ab_training_step")
+    model = _load("bench_training_step").build_model("60m", "optical", torch.device("cpu"), layers=1)
+    linears = [m for m in model.modules() if isinstance(m, OpticalLinear)]
+    assert any(m.shared_input is not None for m in linears)
+    rows, p = torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 2, 4, 4)
+    assert optical_matmul._rows_for_raw_a(rows, p, True) is rows
+    with module.variant_setting("full-pv", model):
+        assert optical_matmul._rows_for_raw_a(rows, p, True) is None
+        assert any(m.shared_input is not None for m in linears)
+    assert optical_matmul._rows_for_raw_a(rows, p, True) is rows
+    with module.variant_setting("unlinked-inputs", model):
+        assert all(m.shared_input is None for m in linears)

@@ -41,10 +41,11 @@ def _first_config(kernel) -> tuple[dict, dict]:
     return dict(config.kwargs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=None, options=None):
+def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=None, options=None, a_causal=False):
     first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
     meta = {**(meta or first_meta)}
     meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
+    meta.update(A_CAUSAL=a_causal)
     pointers = {
         "a_ptr": "*bf16" if a_raw else "*fp16",
         "asum_ptr": "*fp32",
@@ -56,6 +57,7 @@ def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=
         "rng_ptr": "*i64",
         "min_ptr": "*fp32",
         "max_ptr": "*fp32",
+        "rows_ptr": "*i1",
     }
     return name, optical_matmul._optical_gemm_kernel, pointers, meta, options or first_options
 
@@ -68,6 +70,7 @@ VARIANTS = [
     _gemm("GEMM accumulator only", readout=False, bias=False, a_raw=False, causal=False),
     _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
     _gemm("GEMM P·V encoding P, 128 registers", True, False, True, False, *PV_TILE),
+    _gemm("GEMM causal P·V encoding P, 128 registers", True, False, True, False, *PV_TILE, a_causal=True),
     (
         "grad GEMM dQ, causal",
         grad_matmul._grouped_bmm_kernel,

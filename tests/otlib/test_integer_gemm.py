@@ -6,6 +6,8 @@ and results do not depend on the tile shape.
 Interpreted on CPU (TRITON_INTERPRET=1), compiled on a GPU machine.
 """
 
+import itertools
+
 import pytest
 import torch
 from helpers import assert_equal_verbose
@@ -20,6 +22,10 @@ from otlib.kernels.quantize import operand_codes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LUT, N = 0.020040, 255
+
+
+# the register-capped tile the autotuner picks for P·V on an H200 (benchmarks/NOTES.md 47)
+PV_CAPPED = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "maxnreg": 128}
 
 
 def _ranges(x, w, out=3.0):
@@ -202,22 +208,43 @@ def test_gemm_encoding_a_itself_equals_the_encoder_path(dtype, readout, m, k, n)
     b = torch.randn(2, 2, k, n, device=DEVICE).to(dtype)
     ranges = _ranges(a.float(), b.float(), out=2.0)
     rng = torch.tensor([5, 3, 1], device=DEVICE)
-    capped = {
-        "BLOCK_M": 64,
-        "BLOCK_N": 64,
-        "BLOCK_K": 64,
-        "GROUP_M": 8,
-        "num_warps": 4,
-        "num_stages": 3,
-        "maxnreg": 128,
-    }
     want, *got = (
         optical_matmul_fwd(a, b, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=dtype, raw_a=raw, config=cfg)
-        for raw, cfg in ((False, None), (True, None), *([(True, capped)] if DEVICE == "cuda" else []))
+        for raw, cfg in ((False, None), (True, None), *([(True, {**PV_CAPPED})] if DEVICE == "cuda" else []))
     )
     for outs in got:
         for g, w in zip(outs, want, strict=True):
             assert_equal_verbose(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("m", "k"), [(192, 192), (150, 170)])  # the diagonal at column row + K − M
+def test_causal_p_stops_the_k_loop_at_its_diagonal(dtype, m, k):
+    """P·V with causal_rows: blocks of rows without a fully masked one skip the K tiles past their last diagonal,
+    where P is 0 (code 0 whatever P's range). The same outputs and range bit for bit as the whole K loop; a P that
+    is not 0 above its diagonal shows the tiles are skipped. Compiled, also at the register-capped P·V tile."""
+    lower = torch.ones(m, k, dtype=torch.bool, device=DEVICE).tril(diagonal=k - m)
+    p = torch.rand(2, 4, m, k, device=DEVICE).masked_fill(~lower, 0.0)
+    rows = torch.zeros(2, m, dtype=torch.bool, device=DEVICE)
+    rows[1, 3] = True  # a fully masked row: its softmax is uniform, not 0 above the diagonal
+    p[1, :, 3] = 1.0 / k
+    p = (p / p.sum(-1, keepdim=True)).to(dtype)
+    v = torch.randn(2, 2, k, 64, device=DEVICE).to(dtype)
+    ranges = _ranges(p.float(), v.float(), out=2.0)
+    assert ranges[0, 0] == 0
+    rng = torch.tensor([5, 3, 1], device=DEVICE)
+    configs = [None] + ([{**PV_CAPPED}] if DEVICE == "cuda" else [])
+    for readout, cfg in itertools.product((True, False), configs):
+        kw = {"lut_min": LUT, "readout": readout, "out_dtype": dtype, "raw_a": True, "config": cfg}
+        want = optical_matmul_fwd(p, v, ranges, rng, N, **kw)
+        got = optical_matmul_fwd(p, v, ranges, rng, N, **kw, causal_rows=rows)
+        for g, w in zip(got, want, strict=True):
+            assert_equal_verbose(g, w)
+    if m == k:  # square: with any tile config the first block of rows ends before the last K tile
+        dense = torch.rand(2, 4, m, k, device=DEVICE).to(dtype)  # breaks the promise: the skipped tiles are missing
+        kw = {"lut_min": LUT, "readout": False, "out_dtype": dtype, "raw_a": True}
+        whole = optical_matmul_fwd(dense, v, ranges, rng, N, **kw)[0]
+        assert not torch.equal(optical_matmul_fwd(dense, v, ranges, rng, N, **kw, causal_rows=rows)[0], whole)
 
 
 def test_entries_at_level_zero_add_nothing():

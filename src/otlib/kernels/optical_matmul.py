@@ -14,7 +14,9 @@ Algorithm (per call; docs/numerics.md "Level-code GEMM"):
 With few N tiles (attention's P·V) the GEMM encodes A's tiles itself in the K loop (A_RAW): the same codes
 and sums, without the encoder's pass over A. An element of a at level 0 adds exactly nothing where lo_a = 0
 (attention's softmax probabilities): then z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak
-the values they multiply into the result.
+the values they multiply into the result. A_CAUSAL (with A_RAW: a causal P): a is 0 above its causal diagonal
+(column > row + K − M) except in the fully masked rows given; such a 0 has code 0 whatever a's range, so a block
+of rows without a fully masked one stops its K loop at its last row's diagonal (the same bits).
 Every tile config issues the same k16 MMA instructions in K order, so results do not depend on the autotune
 choice (bit for bit, tested on the GPU). Differences from mase-triton (docs/numerics.md): operands quantized
 once per call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither
@@ -84,7 +86,7 @@ def autotune_configs() -> list[triton.Config]:
     return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT", "A_RAW", "CAUSAL"])
+@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT", "A_RAW", "CAUSAL", "A_CAUSAL"])
 @triton.heuristics(
     {"EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"]), "PHILOX_TILE": lambda args: _philox_tile(args["N"])}
 )
@@ -102,6 +104,7 @@ def _optical_gemm_kernel(
     rng_ptr,
     min_ptr,
     max_ptr,
+    rows_ptr,
     eps_bits,
     # sizes: a codes [B, H, M, K], b codes [B, H // GROUP, N, K] (inner dims contiguous), c [B·H, M, N]
     M,
@@ -120,11 +123,13 @@ def _optical_gemm_kernel(
     stride_bh,
     stride_qb,
     stride_qh,
+    stride_rb,
     # meta-parameters
     READOUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     A_RAW: tl.constexpr,
     CAUSAL: tl.constexpr,
+    A_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -169,7 +174,12 @@ def _optical_gemm_kernel(
     s_a, z_a, c_a = code_params(lo_a, width_a, n_f)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     sum_a = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    if A_CAUSAL:  # up to the block's last diagonal, unless one of its rows (rows_ptr: bool [B, M]) is fully masked
+        full = tl.load(rows_ptr + batch.to(tl.int64) * stride_rb + offs_m, mask=offs_m < M, other=0).to(tl.int32)
+        k_end = tl.maximum(tl.minimum(pid_m * BLOCK_M + BLOCK_M + (K - M), K), 0)
+        k_tiles = tl.where(tl.max(full, axis=0) > 0, k_tiles, tl.cdiv(k_end, BLOCK_K))
+    for k in range(0, k_tiles):
         k0 = k * BLOCK_K
         if EVEN_K:
             a_mask = m_ok
@@ -270,6 +280,7 @@ def optical_gemm(
     readout: bool,
     out_dtype: torch.dtype,
     causal: bool = False,
+    a_causal_rows: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
     """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
@@ -280,6 +291,8 @@ def optical_gemm(
     readout: c is the read-out in out_dtype (+ bias); else the fp32 accumulator. causal (with readout): c is 0
     above the causal diagonal (column > row + N − M), where a causal mask discards it. minmax: fp32 0-d tensors
     holding (+inf, −inf) (operand_codes sets them), folded with the accumulator's range; set here when c is empty.
+    a_causal_rows (bool [B, M], with a raw a): a is 0 above its causal diagonal except in these rows, so the K loop
+    of a block of rows without one of them stops at its last row's diagonal (optical_matmul's causal_rows).
     config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
     """
     a_codes, a_sums = a
@@ -302,6 +315,7 @@ def optical_gemm(
         ranges,
         rng,
         *minmax,
+        a_causal_rows if a_causal_rows is not None else minmax[0],
         EPS_BITS,
         M,
         N,
@@ -318,8 +332,15 @@ def optical_gemm(
         b_codes.stride(1),
         b_sums.stride(0),
         b_sums.stride(1),
+        a_causal_rows.stride(0) if a_causal_rows is not None else 0,
     )
-    flags = {"READOUT": readout, "HAS_BIAS": bias is not None, "A_RAW": a_raw, "CAUSAL": causal and readout}
+    flags = {
+        "READOUT": readout,
+        "HAS_BIAS": bias is not None,
+        "A_RAW": a_raw,
+        "CAUSAL": causal and readout,
+        "A_CAUSAL": a_raw and a_causal_rows is not None,
+    }
     _GEMM(
         _config_key(M, N, K, c.dtype, **flags),
         tile_grid(M, N, B * H),
@@ -341,9 +362,10 @@ def _config_key(
     HAS_BIAS: bool,
     A_RAW: bool = False,
     CAUSAL: bool = False,
+    A_CAUSAL: bool = False,
 ) -> tuple:
     """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
-    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL)
+    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL, A_CAUSAL)
 
 
 def chosen_config(
@@ -356,9 +378,12 @@ def chosen_config(
     has_bias: bool,
     raw_a: bool = False,
     causal: bool = False,
+    a_causal: bool = False,
 ) -> dict | None:
     """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
-    key = _config_key(M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a, CAUSAL=causal)
+    key = _config_key(
+        M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a, CAUSAL=causal, A_CAUSAL=a_causal
+    )
     return _GEMM.chosen.get(key)
 
 
@@ -373,6 +398,13 @@ RAW_A_MAX_N = 128
 def raw_a_pays(a3: torch.Tensor, N: int) -> bool:
     """Whether the GEMM should encode a3 [G, M, K] itself: N ≤ RAW_A_MAX_N and a3's rows K-contiguous."""
     return N <= RAW_A_MAX_N and a3.stride(-1) == 1 and (a3.shape[-2] <= 1 or a3.stride(-2) == a3.shape[-1])
+
+
+def _rows_for_raw_a(causal_rows: torch.Tensor | None, a: torch.Tensor, raw_a: bool) -> torch.Tensor | None:
+    """causal_rows as the GEMM reads them (bool [B, M], unit stride along M), where it encodes a 4-D a itself."""
+    if causal_rows is None or not raw_a or a.dim() != 4 or causal_rows.shape != (a.shape[0], a.shape[2]):
+        return None
+    return causal_rows if causal_rows.stride(1) == 1 else causal_rows.contiguous()
 
 
 def new_minmax(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,6 +424,7 @@ def optical_matmul_fwd(
     out_dtype: torch.dtype,
     raw_a: bool | None = None,
     causal: bool = False,
+    causal_rows: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, acc min, acc max).
@@ -399,6 +432,8 @@ def optical_matmul_fwd(
     ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out). readout: c is the read-out, else the fp32 accumulator.
     raw_a: the GEMM encodes a itself (None: where raw_a_pays). The results are the same bit for bit.
     causal (with readout): c is 0 above the causal diagonal, and tiles wholly above it are not read out.
+    causal_rows (bool [B, M] for a [B, H, M, K]): the caller's promise that a is 0 above its causal diagonal except
+    in these rows (attention's P); where the GEMM encodes a itself, it skips those zeros' K tiles.
     config: the GEMM's tile config, fixed (tests), as optical_gemm's.
     """
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -444,6 +479,7 @@ def optical_matmul_fwd(
         readout=readout,
         out_dtype=out_dtype,
         causal=causal,
+        a_causal_rows=_rows_for_raw_a(causal_rows, a, raw_a),
         config=config,
     )
     return c.view(*lead, M, N), minmax[0], minmax[1]

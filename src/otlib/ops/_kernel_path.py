@@ -109,6 +109,7 @@ def matmul_kernel_path(
     numerics: str,
     calibrate_out: bool,
     causal: bool = False,
+    causal_rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_matmul import optical_matmul_fwd
 
@@ -124,6 +125,7 @@ def matmul_kernel_path(
         readout=fused,
         out_dtype=a.dtype,
         causal=causal,
+        causal_rows=causal_rows,
     )
     if fused:  # the GEMM zeroed what lies above the diagonal (causal), without reading it out
         return out, acc_min, acc_max

@@ -41,20 +41,14 @@ def _forward(
     causal: bool,
     causal_rows: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    impl = matmul_kernel_path if use_kernels(a, levels) else optical_matmul_ref
+    kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out, "causal": causal}
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(a.device.type, enabled=False):
-        return impl(
-            a,
-            b,
-            ranges,
-            rng,
-            levels=levels,
-            lut_min=lut_min,
-            numerics=numerics,
-            calibrate_out=calibrate_out,
-            causal=causal,
-        )
+        if not use_kernels(a, levels):
+            return optical_matmul_ref(a, b, ranges, rng, **kw)
+        # a causal P's fully masked rows: the GEMM skips the rest's zeros above the diagonal (same values)
+        rows = None if causal else causal_rows
+        return matmul_kernel_path(a, b, ranges, rng, **kw, causal_rows=rows)
 
 
 _optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, mutates_args=())
@@ -163,8 +157,8 @@ def optical_matmul(
     full product (straight-through), so a causal softmax of c gives what it gives without `causal`.
     causal_rows (bool [B, M], a [B, H, M, K]; attention under a causal mask): the caller's promise that the T × S
     matrix of the product — c's gradient if `causal` (Q·Kᵀ), else a (P·V) — is 0 above the causal diagonal except
-    in these rows (the fully masked ones, whose softmax is uniform). The backward then skips the zero tiles; the
-    gradients are the same.
+    in these rows (the fully masked ones, whose softmax is uniform). The backward then skips the zero tiles, and
+    P·V's forward GEMM the zeros of P; the results are the same.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """

@@ -1,0 +1,90 @@
+"""Benchmark: a same-process A/B of the graphed training step, one model per variant, replays alternated.
+
+Run on a GPU machine from the repository root:
+    PYTHONPATH=src python3 benchmarks/ab_training_step.py --model 60m --variants default,full-pv
+Between processes the graphed step moves by ~0.5 ms (benchmarks/NOTES.md 49), as much as one change gains; within
+one process two identical models time within ~0.05 ms (NOTES.md 51). Each variant's model is built under its
+setting, warmed up and captured into one CUDA graph as bench_training_step.py's graphed variant does (the setting
+holds while its kernels are chosen and captured); then --rounds rounds time --steps replays of every variant in
+turn. Table: per variant, the median of its round medians, the range of the round medians, and the difference to
+the first variant. Variants (each turns one optimisation off; "default" is the code as it is):
+  default          the model as built
+  unlinked-inputs  q/k/v and gate/up observe and encode their common input each (no SharedInput; NOTES.md 48)
+  full-pv          P·V's K loop runs over the whole of a causal P (no skip past the diagonal; NOTES.md 53)
+  digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
+"""
+
+import argparse
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from bench_training_step import PRESETS, build_model, csv_choice, make_step, time_steps
+from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
+
+VARIANTS = ("default", "unlinked-inputs", "full-pv", "digital")
+
+
+@contextmanager
+def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
+    """`name`'s setting applied to `model` (and, where it is a kernel switch, held while the model is captured)."""
+    import otlib
+    from otlib.kernels import optical_matmul
+
+    if name == "unlinked-inputs":
+        for layer in model.modules():
+            if isinstance(layer, otlib.OpticalLinear):
+                layer.shared_input = None
+    if name != "full-pv":
+        yield
+        return
+    rows_for_raw_a = optical_matmul._rows_for_raw_a
+    optical_matmul._rows_for_raw_a = lambda *args: None  # the GEMM then runs its whole K loop
+    try:
+        yield
+    finally:
+        optical_matmul._rows_for_raw_a = rows_for_raw_a
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=list(PRESETS), default="60m")
+    ap.add_argument("--variants", type=csv_choice(VARIANTS), default=["default", "default"], help="comma list")
+    ap.add_argument("--batch", type=int, default=8, help="sequences per step")
+    ap.add_argument("--block", type=int, default=1024, help="tokens per sequence")
+    ap.add_argument("--warmup", type=int, default=3, help="eager steps before the capture (>= 2)")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds of timed replays, variants in turn")
+    ap.add_argument("--steps", type=int, default=10, help="timed replays per variant and round")
+    ap.add_argument("--out", default=None, help="write the markdown table here too (atomically)")
+    args = ap.parse_args(argv)
+    if args.warmup < 2 or args.rounds < 1 or args.steps < 1:
+        ap.error("--warmup must be >= 2, --rounds and --steps >= 1")
+    require_cuda(__file__)
+
+    steps = []
+    for name in args.variants:
+        model = build_model(args.model, "digital" if name == "digital" else "optical", torch.device("cuda"))
+        with variant_setting(name, model):
+            steps.append(make_step(model, args.batch, args.block, "graphed", args.warmup))
+        del model  # the step holds it
+    rounds: list[list[float]] = [[] for _ in steps]
+    for _ in range(args.rounds):
+        for times, step in zip(rounds, steps, strict=True):
+            times.append(statistics.median(time_steps(step, 2, args.steps)))
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}, {args.model}, graphed step, {args.batch} × {args.block} tokens, "
+        f"{args.rounds} rounds × {args.steps} replays per variant",
+        "",
+        "| variant | ms/step (median of rounds) | rounds min–max | Δ to the first ms |",
+        "|---|---|---|---|",
+    ]
+    first = statistics.median(rounds[0])
+    for name, times in zip(args.variants, rounds, strict=True):
+        ms = statistics.median(times)
+        lines.append(f"| {name} | {ms:.2f} | {min(times):.2f}–{max(times):.2f} | {ms - first:+.2f} |")
+    emit(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
