@@ -241,10 +241,15 @@ def test_causal_p_stops_the_k_loop_at_its_diagonal(dtype, m, k):
         for g, w in zip(got, want, strict=True):
             assert_equal_verbose(g, w)
     if m == k:  # square: with any tile config the first block of rows ends before the last K tile
-        dense = torch.rand(2, 4, m, k, device=DEVICE).to(dtype)  # breaks the promise: the skipped tiles are missing
         kw = {"lut_min": LUT, "readout": False, "out_dtype": dtype, "raw_a": True}
+        dense = torch.rand(2, 4, m, k, device=DEVICE).to(dtype)  # breaks the promise: the skipped tiles are missing
         whole = optical_matmul_fwd(dense, v, ranges, rng, N, **kw)[0]
         assert not torch.equal(optical_matmul_fwd(dense, v, ranges, rng, N, **kw, causal_rows=rows)[0], whole)
+        # with a's range below 0 a 0 need not be code 0: no tile is skipped, even of a P that breaks the promise
+        below = ranges.clone()
+        below[0, 0] = -0.3
+        whole = optical_matmul_fwd(dense, v, below, rng, N, **kw)[0]
+        assert_equal_verbose(optical_matmul_fwd(dense, v, below, rng, N, **kw, causal_rows=rows)[0], whole)
 
 
 def test_entries_at_level_zero_add_nothing():

@@ -15,8 +15,9 @@ With few N tiles (attention's P·V) the GEMM encodes A's tiles itself in the K l
 and sums, without the encoder's pass over A. An element of a at level 0 adds exactly nothing where lo_a = 0
 (attention's softmax probabilities): then z_a = 0, its code is 0 and c_a = 0, so masked entries cannot leak
 the values they multiply into the result. A_CAUSAL (with A_RAW: a causal P): a is 0 above its causal diagonal
-(column > row + K − M) except in the fully masked rows given; such a 0 has code 0 whatever a's range, so a block
-of rows without a fully masked one stops its K loop at its last row's diagonal (the same bits).
+(column > row + K − M) except in the fully masked rows given; such a 0 has code 0 where a's range starts at ≥ 0
+(as P's does), so there a block of rows without a fully masked one stops its K loop at its last row's diagonal
+(the same bits).
 Every tile config issues the same k16 MMA instructions in K order, so results do not depend on the autotune
 choice (bit for bit, tested on the GPU). Differences from mase-triton (docs/numerics.md): operands quantized
 once per call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither
@@ -178,7 +179,9 @@ def _optical_gemm_kernel(
     if A_CAUSAL:  # up to the block's last diagonal, unless one of its rows (rows_ptr: bool [B, M]) is fully masked
         full = tl.load(rows_ptr + batch.to(tl.int64) * stride_rb + offs_m, mask=offs_m < M, other=0).to(tl.int32)
         k_end = tl.maximum(tl.minimum(pid_m * BLOCK_M + BLOCK_M + (K - M), K), 0)
-        k_tiles = tl.where(tl.max(full, axis=0) > 0, k_tiles, tl.cdiv(k_end, BLOCK_K))
+        # a 0 is code 0 where a's range starts at ≥ 0 (z = 0; P's always does); below 0, z need not be 0's level
+        skip = (tl.max(full, axis=0) == 0) & (lo_a >= 0.0)
+        k_tiles = tl.where(skip, tl.cdiv(k_end, BLOCK_K), k_tiles)
     for k in range(0, k_tiles):
         k0 = k * BLOCK_K
         if EVEN_K:
