@@ -11,6 +11,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   default          the model as built
   unlinked-inputs  q/k/v and gate/up observe and encode their common input each (no SharedInput; NOTES.md 48)
   full-pv          P·V's K loop runs over the whole of a causal P (no skip past the diagonal; NOTES.md 53)
+  masked-tiles     the level-code GEMM masks rows and columns of full output tiles too (no EVEN_MN; NOTES.md 56)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -23,7 +24,7 @@ import torch
 from bench_training_step import PRESETS, build_model, csv_choice, make_step, time_steps
 from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
-VARIANTS = ("default", "unlinked-inputs", "full-pv", "digital")
+VARIANTS = ("default", "unlinked-inputs", "full-pv", "masked-tiles", "digital")
 
 
 @contextmanager
@@ -36,15 +37,21 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         for layer in model.modules():
             if isinstance(layer, otlib.OpticalLinear):
                 layer.shared_input = None
-    if name != "full-pv":
+    # kernel switches: a module function replaced while the model is built and captured
+    switch = {
+        "full-pv": ("_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop
+        "masked-tiles": ("_even_mn", lambda *args: False),
+    }.get(name)
+    if switch is None:
         yield
         return
-    rows_for_raw_a = optical_matmul._rows_for_raw_a
-    optical_matmul._rows_for_raw_a = lambda *args: None  # the GEMM then runs its whole K loop
+    attr, replacement = switch
+    original = getattr(optical_matmul, attr)
+    setattr(optical_matmul, attr, replacement)
     try:
         yield
     finally:
-        optical_matmul._rows_for_raw_a = rows_for_raw_a
+        setattr(optical_matmul, attr, original)
 
 
 def main(argv: list[str] | None = None) -> None:

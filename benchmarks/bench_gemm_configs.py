@@ -5,8 +5,9 @@ Run on a GPU machine from the repository root:
 Operands are encoded once (operand_codes), then `optical_gemm` runs with each config of the autotune list
 (kernels/optical_matmul.py) fixed, read-out on, bf16 output: what the autotuner chooses between, and how far
 the best config is from cuBLAS bf16 on the same (batched) product. Shapes: attention's Q·Kᵀ (full, and causal:
-no read-out above the diagonal) and P·V of the 60M model (batch 8, 6 heads, T = 1024, head_dim 64), the causal
-Q·Kᵀ of the 200M model (12 heads), and the 60M and 600M up projections at M = 8192 / 16384 tokens.
+no read-out above the diagonal) and P·V (random A, and a causal P: the K loop stops at its diagonal) of the
+60M model (batch 8, 6 heads, T = 1024, head_dim 64), the causal Q·Kᵀ of the 200M model (12 heads), and the 60M
+and 600M up projections at M = 8192 / 16384 tokens.
 `--configs 64x64x64:w8:s2,...` times candidate tile configs instead of the autotune list (":m128" appended: at
 most 128 registers per thread; results never depend on the config: tested on the GPU). Medians of
 triton.testing.do_bench in µs; one table, markdown, to stdout and --out.
@@ -17,12 +18,13 @@ import argparse
 import torch
 from report import emit, require_cuda, short  # benchmarks/report.py (scripts run from this folder)
 
-# name → (batch·heads G, M, N, K, causal)
+# name → (batch·heads G, M, N, K, causal: the read-out is 0 above the diagonal (Q·Kᵀ) / A is a causal P (P·V))
 SHAPES = {
     "60M attention Q·Kᵀ": (48, 1024, 1024, 64, False),
     "60M attention Q·Kᵀ, causal": (48, 1024, 1024, 64, True),
     "200M attention Q·Kᵀ, causal": (96, 1024, 1024, 64, True),
     "60M attention P·V": (48, 1024, 64, 1024, False),
+    "60M attention P·V, causal P": (48, 1024, 64, 1024, True),
     "60M up 384→1408": (1, 8192, 1408, 384, False),
     "600M up 1152→4096": (1, 16384, 4096, 1152, False),
 }
@@ -42,6 +44,13 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
     rng = torch.tensor([1, 2, 3], dtype=torch.int64, device="cuda")
     minmax = new_minmax(a.device)
     raw_a = raw_a_pays(a, n)  # as optical_matmul_fwd decides (attention's P·V: the GEMM encodes P itself)
+    p_causal = causal and raw_a  # P·V under a causal mask: P's rows sum to 1 up to the diagonal, 0 beyond it
+    a_rows = None
+    if p_causal:
+        a = torch.softmax(a.float().masked_fill(torch.ones(m, k, dtype=torch.bool, device="cuda").triu(1), -1e4), -1)
+        a = a.to(torch.bfloat16)
+        ranges[0] = torch.tensor([0.0, 1.0])  # the attn range's preset
+        a_rows = torch.zeros(1, m, dtype=torch.bool, device="cuda")  # no fully masked row
     b_enc = tuple(t.unsqueeze(0) for t in operand_codes(b, ranges, 1, 255, lut_min=0.02, minmax=minmax))
     a_enc = (a.unsqueeze(0), None) if raw_a else tuple(t.unsqueeze(0) for t in operand_codes(a, ranges, 0, 255))
     cublas = do_bench(lambda: torch.matmul(a, b.transpose(1, 2))) * 1e3
@@ -51,7 +60,7 @@ def time_shape(g: int, m: int, n: int, k: int, causal: bool, configs: list) -> t
 
         def run(meta=meta):
             optical_gemm(a_enc, b_enc, 1, None, ranges, rng, 255, minmax, readout=True,
-                         out_dtype=torch.bfloat16, causal=causal, config=meta)  # fmt: skip
+                         out_dtype=torch.bfloat16, causal=causal and not raw_a, a_causal_rows=a_rows, config=meta)  # fmt: skip
 
         try:
             cells.append(do_bench(run) * 1e3)

@@ -135,8 +135,8 @@ def test_attention_stand_in_takes_the_causal_path_of_a_llama_attention(monkeypat
 
 
 def test_ab_variants_switch_one_optimisation_off_and_back():
-    """unlinked-inputs leaves no layer sharing its input; full-pv turns the causal P·V skip off while its model is
-    built and captured, and back on after."""
+    """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip) and masked-tiles (the GEMM's
+    unmasked full tiles) turn a kernel path off while their model is built and captured, and back on after."""
     pytest.importorskip("triton", reason="Triton is not installed")
     from otlib import OpticalLinear
     from otlib.kernels import optical_matmul
@@ -151,5 +151,9 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
         assert optical_matmul._rows_for_raw_a(rows, p, True) is None
         assert any(m.shared_input is not None for m in linears)
     assert optical_matmul._rows_for_raw_a(rows, p, True) is rows
+    assert optical_matmul._even_mn(64, 64, 64, 64)
+    with module.variant_setting("masked-tiles", model):
+        assert not optical_matmul._even_mn(64, 64, 64, 64)
+    assert optical_matmul._even_mn(64, 64, 64, 64)
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)

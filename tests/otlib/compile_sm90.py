@@ -41,11 +41,13 @@ def _first_config(kernel) -> tuple[dict, dict]:
     return dict(config.kwargs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _gemm(name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=None, options=None, a_causal=False):
+def _gemm(
+    name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=None, options=None, a_causal=False, even=True
+):
     first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
     meta = {**(meta or first_meta)}
     meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
-    meta.update(A_CAUSAL=a_causal)
+    meta.update(A_CAUSAL=a_causal, EVEN_MN=even)
     pointers = {
         "a_ptr": "*bf16" if a_raw else "*fp16",
         "asum_ptr": "*fp32",
@@ -67,6 +69,7 @@ ATTENTION_TILE = ({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, {
 PV_TILE = (ATTENTION_TILE[0], {"num_warps": 4, "num_stages": 3, "maxnreg": 128})
 VARIANTS = [
     _gemm("GEMM linear read-out + bias", readout=True, bias=True, a_raw=False, causal=False),
+    _gemm("GEMM linear read-out + bias, partial tiles", readout=True, bias=True, a_raw=False, causal=False, even=False),
     _gemm("GEMM accumulator only", readout=False, bias=False, a_raw=False, causal=False),
     _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
     _gemm("GEMM P·V encoding P, 128 registers", True, False, True, False, *PV_TILE),

@@ -154,6 +154,42 @@ def test_attention_scores_do_not_depend_on_the_tile_shape(causal):
         assert_equal_verbose(torch.stack([lo, hi]), torch.stack(outs[0][1:]))
 
 
+@pytest.mark.parametrize("product", ["linear", "causal scores"])
+def test_full_and_partial_output_tiles_give_the_same_bits(product):
+    """Where every output tile is full (EVEN_MN) the kernel runs without row and column masks: the same results
+    as a tile shape that leaves partial tiles, bit for bit (and the test checks that both paths ran)."""
+    from otlib.kernels.optical_matmul import _even_mn
+
+    full = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2}
+    partial = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}
+    if product == "linear":
+        m, n = 192, 96
+        x = torch.randn(m, 128, device=DEVICE).bfloat16()
+        w = torch.randn(n, 128, device=DEVICE) / 128**0.5
+        b = torch.randn(n, device=DEVICE)
+        ranges, rng = _ranges(x.float(), w), torch.tensor([3, 8, 2], device=DEVICE)
+        outs = [
+            optical_linear_fwd(x, w, b, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=x.dtype, config=cfg)
+            for cfg in (full, partial)
+        ]
+    else:
+        m = n = 192
+        q = torch.randn(2, m, 2, 64, device=DEVICE).transpose(1, 2)
+        kt = torch.randn(2, n, 2, 64, device=DEVICE).transpose(1, 2).transpose(-1, -2)
+        ranges, rng = _ranges(q, kt, out=4.0), torch.tensor([6, 1, 3], device=DEVICE)
+        outs = [
+            optical_matmul_fwd(
+                q, kt, ranges, rng, N, lut_min=LUT, readout=True, out_dtype=q.dtype, causal=True, config=cfg
+            )
+            for cfg in (full, partial)
+        ]
+    assert _even_mn(m, n, full["BLOCK_M"], full["BLOCK_N"]) and not _even_mn(
+        m, n, partial["BLOCK_M"], partial["BLOCK_N"]
+    )
+    assert_equal_verbose(outs[1][0], outs[0][0])
+    assert_equal_verbose(torch.stack(outs[1][1:]), torch.stack(outs[0][1:]))
+
+
 def test_grouped_batched_matmul_equals_per_head_products():
     a = torch.randn(2, 6, 33, 16, device=DEVICE)  # 6 query heads
     b = torch.randn(2, 2, 16, 40, device=DEVICE)  # 2 KV heads: groups of 3
