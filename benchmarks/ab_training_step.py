@@ -12,6 +12,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   unlinked-inputs  q/k/v and gate/up observe and encode their common input each (no SharedInput; NOTES.md 48)
   full-pv          P·V's K loop runs over the whole of a causal P (no skip past the diagonal; NOTES.md 53)
   masked-tiles     the level-code GEMM masks rows and columns of full output tiles too (no EVEN_MN; NOTES.md 56)
+  masked-softmax   the softmax kernels mask the columns of rows that fill their block too (no FULL_ROW; NOTES.md 57)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -24,14 +25,14 @@ import torch
 from bench_training_step import PRESETS, build_model, csv_choice, make_step, time_steps
 from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
-VARIANTS = ("default", "unlinked-inputs", "full-pv", "masked-tiles", "digital")
+VARIANTS = ("default", "unlinked-inputs", "full-pv", "masked-tiles", "masked-softmax", "digital")
 
 
 @contextmanager
 def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     """`name`'s setting applied to `model` (and, where it is a kernel switch, held while the model is captured)."""
     import otlib
-    from otlib.kernels import optical_matmul
+    from otlib.kernels import optical_matmul, softmax
 
     if name == "unlinked-inputs":
         for layer in model.modules():
@@ -39,19 +40,20 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
                 layer.shared_input = None
     # kernel switches: a module function replaced while the model is built and captured
     switch = {
-        "full-pv": ("_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop
-        "masked-tiles": ("_even_mn", lambda *args: False),
+        "full-pv": (optical_matmul, "_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop
+        "masked-tiles": (optical_matmul, "_even_mn", lambda *args: False),
+        "masked-softmax": (softmax, "_full_row", lambda *args: False),
     }.get(name)
     if switch is None:
         yield
         return
-    attr, replacement = switch
-    original = getattr(optical_matmul, attr)
-    setattr(optical_matmul, attr, replacement)
+    module, attr, replacement = switch
+    original = getattr(module, attr)
+    setattr(module, attr, replacement)
     try:
         yield
     finally:
-        setattr(optical_matmul, attr, original)
+        setattr(module, attr, original)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -135,11 +135,12 @@ def test_attention_stand_in_takes_the_causal_path_of_a_llama_attention(monkeypat
 
 
 def test_ab_variants_switch_one_optimisation_off_and_back():
-    """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip) and masked-tiles (the GEMM's
-    unmasked full tiles) turn a kernel path off while their model is built and captured, and back on after."""
+    """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip), masked-tiles (the GEMM's
+    unmasked full tiles) and masked-softmax (the softmax's unmasked full rows) each turn a kernel path off while
+    their model is built and captured, and back on after."""
     pytest.importorskip("triton", reason="Triton is not installed")
     from otlib import OpticalLinear
-    from otlib.kernels import optical_matmul
+    from otlib.kernels import optical_matmul, softmax
 
     module = _load("ab_training_step")
     model = _load("bench_training_step").build_model("60m", "optical", torch.device("cpu"), layers=1)
@@ -155,5 +156,8 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
     with module.variant_setting("masked-tiles", model):
         assert not optical_matmul._even_mn(64, 64, 64, 64)
     assert optical_matmul._even_mn(64, 64, 64, 64)
+    with module.variant_setting("masked-softmax", model):
+        assert not softmax._full_row(64, 64)
+    assert softmax._full_row(64, 64)
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)

@@ -146,19 +146,25 @@ VARIANTS = [
         {},
         {"num_warps": 1},
     ),
-    (
-        "softmax forward, causal rows + row stats",
-        softmax._softmax_fwd_kernel,
-        {"s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "p_ptr": "*bf16", "stats_ptr": "*fp32"},
-        {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024},
-        {"num_warps": softmax.num_warps_for(1024)},
+    *(
+        (
+            f"softmax forward, causal rows + row stats{suffix}",
+            softmax._softmax_fwd_kernel,
+            {"s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "p_ptr": "*bf16", "stats_ptr": "*fp32"},
+            {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024, "FULL_ROW": full},
+            {"num_warps": softmax.num_warps_for(1024)},
+        )
+        for suffix, full in (("", True), (", rows shorter than the block", False))
     ),
-    (
-        "softmax backward, causal rows",
-        softmax._softmax_bwd_kernel,
-        {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"},
-        {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024},
-        {"num_warps": softmax.num_warps_for(1024)},
+    *(
+        (
+            f"softmax backward, causal rows{suffix}",
+            softmax._softmax_bwd_kernel,
+            {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"},
+            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full},
+            {"num_warps": softmax.num_warps_for(1024)},
+        )
+        for suffix, full in (("", True), (", rows shorter than the block", False))
     ),
 ]
 

@@ -116,6 +116,36 @@ def test_reading_only_up_to_the_causal_diagonal_changes_nothing(dtype, t, s, bat
     )
 
 
+@pytest.mark.parametrize(
+    ("t", "h", "parted_from"),
+    [pytest.param(1024, 2, None, marks=ON_GPU), pytest.param(64, 1, 64, marks=ON_CPU), pytest.param(64, 1, None)],
+)
+def test_rows_that_fill_their_block_drop_their_column_masks_with_the_same_bits(t, h, parted_from, monkeypatch):
+    """With S a power of 2 every row fills its block (FULL_ROW): the kernels run without column masks. P, its row
+    statistics and dS equal those of the masked path bit for bit, causal rows (parted blocks) or not."""
+    from otlib.kernels import softmax
+    from otlib.kernels.softmax import softmax_bwd, softmax_fwd
+
+    if parted_from is not None:
+        monkeypatch.setattr(softmax, "MIN_PARTED_BLOCK", triton.language.constexpr(parted_from))
+    scores, mask, allowed = _inputs(torch.bfloat16, h=h, t=t, s=t)
+    full_rows = ~allowed[:, 0].any(-1)
+    grad = torch.randn(scores.shape, device=DEVICE).to(torch.bfloat16)
+
+    def run():
+        outs = []
+        for rows in (None, full_rows):
+            outs += [*softmax_fwd(scores, mask, SCALING, torch.bfloat16, row_stats=True, causal_rows=rows)]
+            outs.append(softmax_bwd(grad, scores, mask, SCALING, causal_rows=rows))
+        return outs
+
+    assert softmax._full_row(t, triton.next_power_of_2(t))
+    unmasked = run()
+    monkeypatch.setattr(softmax, "_full_row", lambda *args: False)
+    for got, want in zip(run(), unmasked, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_reading_up_to_the_diagonal_reads_nothing_above_it():
     """The rows that are not fully masked never read S beyond the diagonal's group of 16 columns (the kernels round
     the bound up to keep their loads vectorised): NaNs there leave P finite. A mutation check of the skip itself;

@@ -52,12 +52,21 @@ def _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t,
 
 
 @triton.jit
-def _zero_beyond(ptr, row, S, PART: tl.constexpr):
+def _in_row(cols, S, FULL_ROW: tl.constexpr):
+    """cols < S; a constant where the row fills its block (FULL_ROW: S = BLOCK), which the compiler then drops
+    from the loads, selects and stores (benchmarks/NOTES.md 57)."""
+    if FULL_ROW:
+        return tl.full(cols.shape, True, tl.int1)
+    return cols < S
+
+
+@triton.jit
+def _zero_beyond(ptr, row, S, PART: tl.constexpr, FULL_ROW: tl.constexpr):
     """Store 0 in the row's columns from PART on (above the diagonal, where P and dS are 0)."""
     cols = tl.arange(0, PART)
     zeros = tl.zeros((PART,), dtype=ptr.dtype.element_ty)
     for c0 in range(PART, S, PART):
-        tl.store(ptr + row * S + c0 + cols, zeros, mask=c0 + cols < S)
+        tl.store(ptr + row * S + c0 + cols, zeros, mask=_in_row(c0 + cols, S, FULL_ROW))
 
 
 @triton.jit
@@ -71,15 +80,16 @@ def _nan_minmax(lo_a, hi_a, lo_b, hi_b):
 def _fwd_row(
     s_ptr, mask_ptr, p_ptr, stats_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
     HAS_MASK: tl.constexpr, ROW_STATS: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr,
+    FULL_ROW: tl.constexpr,
 ):  # fmt: skip
     """P of one row from its first PART columns (those read lie within them); the rest of the row is stored 0."""
     cols = tl.arange(0, PART)
-    ok = cols < S
+    ok = _in_row(cols, S, FULL_ROW)
     p = _probs(s_ptr, mask_ptr, row, cols, ok & (cols < last), scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
     stored = cast_for_store(p, p_ptr)
     tl.store(p_ptr + row * S + cols, stored, mask=ok)
     if PART < BLOCK:
-        _zero_beyond(p_ptr, row, S, PART)
+        _zero_beyond(p_ptr, row, S, PART, FULL_ROW)
     if ROW_STATS:  # (min, max) of the row as stored, NaN if it holds one (torch.aminmax's rule)
         v = stored.to(tl.float32)
         lo, hi = tl.where(ok, v, float("inf")), tl.where(ok, v, float("-inf"))
@@ -100,11 +110,11 @@ def _fwd_row(
 @triton.jit
 def _bwd_row(
     g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
-    HAS_MASK: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_MASK: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr, FULL_ROW: tl.constexpr,
 ):  # fmt: skip
     """dS of one row from its first PART columns (those read lie within them); the rest of the row is stored 0."""
     cols = tl.arange(0, PART)
-    ok = cols < S
+    ok = _in_row(cols, S, FULL_ROW)
     read = ok & (cols < last)
     p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
     g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
@@ -112,7 +122,7 @@ def _bwd_row(
     gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
     tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
     if PART < BLOCK:
-        _zero_beyond(gs_ptr, row, S, PART)
+        _zero_beyond(gs_ptr, row, S, PART, FULL_ROW)
 
 
 # A causal row reads t + 1 of its S columns (rounded up to 16): rows that end within the first quarter or half of the
@@ -144,19 +154,20 @@ def _softmax_fwd_kernel(
     HAS_ROWS: tl.constexpr,
     ROW_STATS: tl.constexpr,
     BLOCK: tl.constexpr,
+    FULL_ROW: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
     args = (s_ptr, mask_ptr, p_ptr, stats_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
     if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
         if last <= BLOCK // 4:
-            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 4, BLOCK)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 4, BLOCK, FULL_ROW)
         elif last <= BLOCK // 2:
-            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 2, BLOCK)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 2, BLOCK, FULL_ROW)
         else:
-            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK, FULL_ROW)
     else:
-        _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK)
+        _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK, FULL_ROW)
 
 
 @triton.jit
@@ -179,19 +190,25 @@ def _softmax_bwd_kernel(
     HAS_MASK: tl.constexpr,
     HAS_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    FULL_ROW: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
     args = (g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
     if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
         if last <= BLOCK // 4:
-            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK)
+            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK, FULL_ROW)
         elif last <= BLOCK // 2:
-            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK)
+            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK, FULL_ROW)
         else:
-            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK)
+            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW)
     else:
-        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK)
+        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW)
+
+
+def _full_row(S: int, block: int) -> bool:
+    """Whether a row fills its block (S a power of 2, as T = 1024 is): no column masks."""
+    return block == S
 
 
 def num_warps_for(block: int) -> int:
@@ -227,6 +244,7 @@ def _launch(
         HAS_MASK=mask is not None,
         HAS_ROWS=causal_rows is not None,
         BLOCK=block,
+        FULL_ROW=_full_row(S, block),
         **flags,
         num_warps=num_warps_for(block),
         **LAUNCH_OPTS,
