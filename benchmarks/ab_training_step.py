@@ -13,6 +13,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   full-pv          P·V's K loop runs over the whole of a causal P (no skip past the diagonal; NOTES.md 53)
   masked-tiles     the level-code GEMM masks rows and columns of full output tiles too (no EVEN_MN; NOTES.md 56)
   masked-softmax   the softmax kernels mask the columns of rows that fill their block too (no FULL_ROW; NOTES.md 57)
+  masked-codes     the operand encoder masks whole blocks of rows and columns too (no EVEN; NOTES.md 58)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -25,14 +26,14 @@ import torch
 from bench_training_step import PRESETS, build_model, csv_choice, make_step, time_steps
 from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
-VARIANTS = ("default", "unlinked-inputs", "full-pv", "masked-tiles", "masked-softmax", "digital")
+VARIANTS = ("default", "unlinked-inputs", "full-pv", "masked-tiles", "masked-softmax", "masked-codes", "digital")
 
 
 @contextmanager
 def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     """`name`'s setting applied to `model` (and, where it is a kernel switch, held while the model is captured)."""
     import otlib
-    from otlib.kernels import optical_matmul, softmax
+    from otlib.kernels import optical_matmul, quantize, softmax
 
     if name == "unlinked-inputs":
         for layer in model.modules():
@@ -43,6 +44,7 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         "full-pv": (optical_matmul, "_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop
         "masked-tiles": (optical_matmul, "_even_mn", lambda *args: False),
         "masked-softmax": (softmax, "_full_row", lambda *args: False),
+        "masked-codes": (quantize, "_even_blocks", lambda *args: False),
     }.get(name)
     if switch is None:
         yield

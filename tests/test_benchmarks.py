@@ -136,11 +136,11 @@ def test_attention_stand_in_takes_the_causal_path_of_a_llama_attention(monkeypat
 
 def test_ab_variants_switch_one_optimisation_off_and_back():
     """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip), masked-tiles (the GEMM's
-    unmasked full tiles) and masked-softmax (the softmax's unmasked full rows) each turn a kernel path off while
-    their model is built and captured, and back on after."""
+    unmasked full tiles), masked-softmax (the softmax's full rows) and masked-codes (the encoder's whole blocks)
+    each turn a kernel path off while their model is built and captured, and back on after."""
     pytest.importorskip("triton", reason="Triton is not installed")
     from otlib import OpticalLinear
-    from otlib.kernels import optical_matmul, softmax
+    from otlib.kernels import optical_matmul, quantize, softmax
 
     module = _load("ab_training_step")
     model = _load("bench_training_step").build_model("60m", "optical", torch.device("cpu"), layers=1)
@@ -159,5 +159,8 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
     with module.variant_setting("masked-softmax", model):
         assert not softmax._full_row(64, 64)
     assert softmax._full_row(64, 64)
+    with module.variant_setting("masked-codes", model):
+        assert not quantize._even_blocks(64, 128, 8, 128)
+    assert quantize._even_blocks(64, 128, 8, 128)
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)

@@ -88,19 +88,22 @@ VARIANTS = [
         {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True},
         GRAD_OPTIONS,
     ),
-    (
-        "operand encoder, LUT",
-        quantize._operand_codes_kernel,
-        {
-            "x_ptr": "*fp32",
-            "codes_ptr": "*fp16",
-            "sums_ptr": "*fp32",
-            "ranges_ptr": "*fp32",
-            "min_ptr": "*fp32",
-            "max_ptr": "*fp32",
-        },
-        {"LUT": True, "INIT_MINMAX": True, "BLOCK_R": 8, "BLOCK_C": quantize._CODES_BLOCK_C},
-        {"num_warps": 4},
+    *(
+        (
+            f"operand encoder, LUT{suffix}",
+            quantize._operand_codes_kernel,
+            {
+                "x_ptr": "*fp32",
+                "codes_ptr": "*fp16",
+                "sums_ptr": "*fp32",
+                "ranges_ptr": "*fp32",
+                "min_ptr": "*fp32",
+                "max_ptr": "*fp32",
+            },
+            {"LUT": True, "INIT_MINMAX": True, "BLOCK_R": 8, "BLOCK_C": quantize._CODES_BLOCK_C, "EVEN": even},
+            {"num_warps": 4},
+        )
+        for suffix, even in (("", True), (", partial blocks", False))
     ),
     (
         "quantizer, stochastic + bias",

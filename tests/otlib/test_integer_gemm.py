@@ -87,6 +87,22 @@ def test_operand_b_codes_carry_the_lut_floor():
     assert_close(sums, codes.float().sum(-1), rtol=1e-6, atol=1e-3)
 
 
+@pytest.mark.parametrize("lut", [None, LUT])
+def test_encoder_without_masks_on_whole_blocks_gives_the_same_codes(lut, monkeypatch):
+    """Where the operand fills whole blocks of rows and columns the encoder runs without masks (EVEN): the same
+    codes and sums as its masked path, bit for bit (fractional LUT codes included, whose sums are not exact)."""
+    from otlib.kernels import quantize
+
+    block_r, block_c = quantize._rows_per_program(2 * 64), quantize._CODES_BLOCK_C
+    x = torch.randn(2, 64, 2 * block_c, device=DEVICE) * 0.1  # [G, R, C]: whole blocks
+    assert quantize._even_blocks(64, 2 * block_c, block_r, block_c)
+    ranges = _ranges(x, x)
+    unmasked = operand_codes(x, ranges, 1, N, lut_min=lut)
+    monkeypatch.setattr(quantize, "_even_blocks", lambda *args: False)
+    for got, want in zip(operand_codes(x, ranges, 1, N, lut_min=lut), unmasked, strict=True):
+        assert_equal_verbose(got, want)
+
+
 def test_accumulator_matches_exact_product_of_quantized_operands():
     """Bound: the fp32 sum of the code products plus ≤ 2⁻⁹·s_w per floored weight (fp16 positions): measured
     max 7.5e-4 of a read-out level here (the fp16 floor positions: the code-product sum adds nothing

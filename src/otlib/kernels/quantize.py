@@ -139,6 +139,12 @@ def quantize_fwd(
 _CODES_BLOCK_R, _CODES_BLOCK_C = (64, 256) if INTERPRET else (32, 128)
 
 
+def _even_blocks(R: int, C: int, block_r: int, block_c: int) -> bool:
+    """Whether the encoder's programs see only whole blocks of rows and columns: then its masks are constants the
+    compiler drops (the same arithmetic in the same order: the same codes and sums; benchmarks/NOTES.md 58)."""
+    return R % block_r == 0 and C % block_c == 0
+
+
 def _rows_per_program(rows: int) -> int:
     """Rows per encoder program: 32 for large operands, 8 below 32 Ki rows, so that a weight (384 rows) or one
     batch of activations (8192 rows) still spreads over several programs per SM (the launches were latency-bound,
@@ -173,6 +179,7 @@ def _operand_codes_kernel(
     INIT_MINMAX: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     g = tl.program_id(1)
@@ -187,6 +194,8 @@ def _operand_codes_kernel(
         code_pos, code_neg = lut_codes(pos, neg, s, c)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < R
+    if EVEN:  # whole blocks of rows and columns: constant masks, which the compiler drops
+        row_ok = tl.full((BLOCK_R,), True, tl.int1)
     b = g // H
     x_head = x_ptr + b.to(tl.int64) * stride_b + (g - b * H).to(tl.int64) * stride_h
     x_rows = x_head + offs_r[:, None].to(tl.int64) * stride_r
@@ -195,6 +204,8 @@ def _operand_codes_kernel(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         m = row_ok[:, None] & (offs_c[None, :] < C)
+        if EVEN:
+            m = tl.full((BLOCK_R, BLOCK_C), True, tl.int1)
         x = tl.load(x_rows + offs_c[None, :].to(tl.int64) * stride_c, mask=m, other=0.0).to(tl.float32)
         k = deterministic_level(x, lo, hi, div, n_f)
         code = k - z
@@ -231,7 +242,7 @@ def operand_codes(
     sums = torch.empty((G, R), dtype=torch.float32, device=x.device)
     if G * R == 0:
         return codes, sums
-    block_r = _rows_per_program(G * R)
+    block_r, block_c = _rows_per_program(G * R), _CODES_BLOCK_C
     grid = (triton.cdiv(R, block_r), G)
     _operand_codes_kernel[grid](
         x,
@@ -250,7 +261,8 @@ def operand_codes(
         LUT=lut_min is not None,
         INIT_MINMAX=minmax is not None,
         BLOCK_R=block_r,
-        BLOCK_C=_CODES_BLOCK_C,
+        BLOCK_C=block_c,
+        EVEN=_even_blocks(R, C, block_r, block_c),
         num_warps=4,
         **LAUNCH_OPTS,
     )
