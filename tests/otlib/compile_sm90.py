@@ -8,6 +8,12 @@ Run without TRITON_INTERPRET (the kernels must be jitted, not interpreted); test
 it in a subprocess. Each variant is one the library launches, at the first config of its autotune list (the
 attention GEMMs at the 64 × 64 tiles the autotuner picks for them on an H200, P·V's capped at 128 registers).
 The register counts are those of this machine's Triton and ptxas; the GPU machine's may differ.
+
+Integer arguments are typed as a launch at the study's shapes specialises them: pointers and the sizes and
+strides in DIVISIBLE are multiples of 16 (Triton's `tt.divisibility`, which lets it vectorise loads and stores),
+and the unit strides of the launched layouts are the constant 1 (given in a variant's meta). Without them (until
+the thirteenth session) the counts overstated registers and spills several-fold: 255 registers and 844 bytes of
+spill for the linear GEMM tile that launches with 119 and none (benchmarks/NOTES.md 59).
 """
 
 import os
@@ -27,6 +33,14 @@ from otlib.kernels import grad_matmul, optical_matmul, quantize, ranges, softmax
 TARGET = GPUTarget("cuda", 90, 32)
 FLOATS = {"n_f", "beta", "alpha", "scaling"}
 INT64 = {"eps_bits", "lam_bits"}
+# sizes and strides that are multiples of 16 at the study's shapes (T = 1024, hidden 384–1152, head_dim 64); head
+# counts, groups and flags are not
+DIVISIBLE = {
+    "M", "N", "K", "M_BUCKET", "S", "T", "R", "C", "numel_x", "numel_y", "s_rows", "rs_b", "stride_rb",
+    "stride_ab", "stride_ah", "stride_sb", "stride_sh", "stride_bb", "stride_bh", "stride_qb", "stride_qh",
+    "stride_b", "stride_h", "stride_r", "sm_b", "sm_h", "sm_t",
+    "sx_b", "sx_h", "sx_m", "sx_k", "sy_b", "sy_h", "sy_k", "sy_n", "sc_b", "sc_h", "sc_m", "sc_n",
+}  # fmt: skip
 
 
 def _jitted(kernel):
@@ -78,14 +92,16 @@ VARIANTS = [
         "grad GEMM dQ, causal",
         grad_matmul._grouped_bmm_kernel,
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False},
+        # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
+        {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "sx_k": 1, "sy_n": 1, "sc_n": 1},
         GRAD_OPTIONS,
     ),
     (
         "grad GEMM dP, one step",
         grad_matmul._grouped_bmm_kernel,
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True},
+        # dP = dO·Vᵀ: dO and V head-transposed views, dP contiguous
+        {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True, "sx_k": 1, "sy_k": 1, "sc_n": 1},
         GRAD_OPTIONS,
     ),
     *(
@@ -100,7 +116,10 @@ VARIANTS = [
                 "min_ptr": "*fp32",
                 "max_ptr": "*fp32",
             },
-            {"LUT": True, "INIT_MINMAX": True, "BLOCK_R": 8, "BLOCK_C": quantize._CODES_BLOCK_C, "EVEN": even},
+            {
+                **{"LUT": True, "INIT_MINMAX": True, "BLOCK_R": 8, "BLOCK_C": quantize._CODES_BLOCK_C, "EVEN": even},
+                "stride_c": 1,  # a weight, row-major
+            },
             {"num_warps": 4},
         )
         for suffix, even in (("", True), (", partial blocks", False))
@@ -154,7 +173,7 @@ VARIANTS = [
             f"softmax forward, causal rows + row stats{suffix}",
             softmax._softmax_fwd_kernel,
             {"s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "p_ptr": "*bf16", "stats_ptr": "*fp32"},
-            {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024, "FULL_ROW": full},
+            {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024, "FULL_ROW": full, "sm_s": 1},
             {"num_warps": softmax.num_warps_for(1024)},
         )
         for suffix, full in (("", True), (", rows shorter than the block", False))
@@ -164,7 +183,7 @@ VARIANTS = [
             f"softmax backward, causal rows{suffix}",
             softmax._softmax_bwd_kernel,
             {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"},
-            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full},
+            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full, "sm_s": 1},
             {"num_warps": softmax.num_warps_for(1024)},
         )
         for suffix, full in (("", True), (", rows shorter than the block", False))
@@ -176,19 +195,23 @@ def compile_variant(kernel, pointers: dict, meta: dict, options: dict) -> str:
     """PTX of `kernel` for sm_90a with `meta` as constexprs; pointer args typed by `pointers`, the rest int32
     (FLOATS fp32, INT64 int64)."""
     fn = _jitted(kernel)
-    signature = {}
+    signature, divisible = {}, []
     for name in fn.arg_names:
         if name in meta:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
+            divisible.append(name)  # torch's allocations are aligned
         elif name.endswith("_ptr"):
             raise KeyError(f"{fn.__name__}: pointer {name} has no type")
         else:
             signature[name] = "fp32" if name in FLOATS else "i64" if name in INT64 else "i32"
+            if name in DIVISIBLE:
+                divisible.append(name)
     constexprs = {(fn.arg_names.index(k),): v for k, v in meta.items()}
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     compiled = triton.compile(
-        ASTSource(fn, signature, constexprs=constexprs),
+        ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
         target=TARGET,
         options={**options, "enable_fp_fusion": False},
     )
