@@ -12,8 +12,9 @@ The register counts are those of this machine's Triton and ptxas; the GPU machin
 Integer arguments are typed as a launch at the study's shapes specialises them: pointers and the sizes and
 strides in DIVISIBLE are multiples of 16 (Triton's `tt.divisibility`, which lets it vectorise loads and stores),
 and the unit strides of the launched layouts are the constant 1 (given in a variant's meta). Without them (until
-the thirteenth session) the counts overstated registers and spills several-fold: 255 registers and 844 bytes of
-spill for the linear GEMM tile that launches with 119 and none (benchmarks/NOTES.md 59).
+the thirteenth session) the counts overstated registers and spills: 217 registers for the linear GEMM tile that
+launches with 119, 255 and 840 bytes of spill for the dQ kernel that launches with 184 and none
+(benchmarks/NOTES.md 59).
 """
 
 import os
