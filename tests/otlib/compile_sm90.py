@@ -117,9 +117,14 @@ VARIANTS = [
                 "min_ptr": "*fp32",
                 "max_ptr": "*fp32",
             },
+            # a weight: row-major (unit column stride)
             {
-                **{"LUT": True, "INIT_MINMAX": True, "BLOCK_R": 8, "BLOCK_C": quantize._CODES_BLOCK_C, "EVEN": even},
-                "stride_c": 1,  # a weight, row-major
+                "LUT": True,
+                "INIT_MINMAX": True,
+                "BLOCK_R": 8,
+                "BLOCK_C": quantize._CODES_BLOCK_C,
+                "EVEN": even,
+                "stride_c": 1,
             },
             {"num_warps": 4},
         )
