@@ -242,7 +242,7 @@ def operand_codes(
     sums = torch.empty((G, R), dtype=torch.float32, device=x.device)
     if G * R == 0:
         return codes, sums
-    block_r, block_c = _rows_per_program(G * R), _CODES_BLOCK_C
+    block_r = _rows_per_program(G * R)
     grid = (triton.cdiv(R, block_r), G)
     _operand_codes_kernel[grid](
         x,
@@ -261,8 +261,8 @@ def operand_codes(
         LUT=lut_min is not None,
         INIT_MINMAX=minmax is not None,
         BLOCK_R=block_r,
-        BLOCK_C=block_c,
-        EVEN=_even_blocks(R, C, block_r, block_c),
+        BLOCK_C=_CODES_BLOCK_C,
+        EVEN=_even_blocks(R, C, block_r, _CODES_BLOCK_C),
         num_warps=4,
         **LAUNCH_OPTS,
     )
