@@ -14,6 +14,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   masked-tiles     the level-code GEMM masks rows and columns of full output tiles too (no EVEN_MN; NOTES.md 56)
   masked-softmax   the softmax kernels mask the columns of rows that fill their block too (no FULL_ROW; NOTES.md 57)
   masked-codes     the operand encoder masks whole blocks of rows and columns too (no EVEN; NOTES.md 58)
+  heads-first      P·V writes attention's output [B, H, T, D] and the attention copies it to [B, T, H, D] (NOTES.md 61)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -26,7 +27,16 @@ import torch
 from bench_training_step import PRESETS, build_model, csv_choice, make_step, time_steps
 from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
-VARIANTS = ("default", "unlinked-inputs", "full-pv", "masked-tiles", "masked-softmax", "masked-codes", "digital")
+VARIANTS = (
+    "default",
+    "unlinked-inputs",
+    "full-pv",
+    "masked-tiles",
+    "masked-softmax",
+    "masked-codes",
+    "heads-first",
+    "digital",
+)
 
 
 @contextmanager
@@ -34,6 +44,7 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     """`name`'s setting applied to `model` (and, where it is a kernel switch, held while the model is captured)."""
     import otlib
     from otlib.kernels import optical_matmul, quantize, softmax
+    from otlib.layers import attention
 
     if name == "unlinked-inputs":
         for layer in model.modules():
@@ -45,6 +56,7 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         "masked-tiles": (optical_matmul, "_even_mn", lambda *args: False),
         "masked-softmax": (softmax, "_full_row", lambda *args: False),
         "masked-codes": (quantize, "_even_blocks", lambda *args: False),
+        "heads-first": (attention, "_heads_last", lambda: False),
     }.get(name)
     if switch is None:
         yield

@@ -57,12 +57,21 @@ def _first_config(kernel) -> tuple[dict, dict]:
 
 
 def _gemm(
-    name: str, readout: bool, bias: bool, a_raw: bool, causal: bool, meta=None, options=None, a_causal=False, even=True
+    name: str,
+    readout: bool,
+    bias: bool,
+    a_raw: bool,
+    causal: bool,
+    meta=None,
+    options=None,
+    a_causal=False,
+    even=True,
+    heads_last=False,
 ):
     first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
     meta = {**(meta or first_meta)}
     meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
-    meta.update(A_CAUSAL=a_causal, EVEN_MN=even)
+    meta.update(A_CAUSAL=a_causal, EVEN_MN=even, HEADS_LAST=heads_last)
     pointers = {
         "a_ptr": "*bf16" if a_raw else "*fp16",
         "asum_ptr": "*fp32",
@@ -89,6 +98,16 @@ VARIANTS = [
     _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
     _gemm("GEMM P·V encoding P, 128 registers", True, False, True, False, *PV_TILE),
     _gemm("GEMM causal P·V encoding P, 128 registers", True, False, True, False, *PV_TILE, a_causal=True),
+    _gemm(
+        "GEMM causal P·V encoding P, 128 registers, heads last",
+        True,
+        False,
+        True,
+        False,
+        *PV_TILE,
+        a_causal=True,
+        heads_last=True,
+    ),
     (
         "grad GEMM dQ, causal",
         grad_matmul._grouped_bmm_kernel,

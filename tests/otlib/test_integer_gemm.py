@@ -22,6 +22,7 @@ from otlib.kernels.quantize import operand_codes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LUT, N = 0.020040, 255
+RNG = torch.tensor([5, 3, 1], device=DEVICE)
 
 
 # the register-capped tile the autotuner picks for P·V on an H200 (benchmarks/NOTES.md 47)
@@ -204,6 +205,29 @@ def test_full_and_partial_output_tiles_give_the_same_bits(product):
     )
     assert_equal_verbose(outs[1][0], outs[0][0])
     assert_equal_verbose(torch.stack(outs[1][1:]), torch.stack(outs[0][1:]))
+
+
+@pytest.mark.parametrize("product", ["P·V", "scores"])
+def test_heads_last_output_is_the_same_product_in_the_projection_layout(product):
+    """heads_last: c written in [B, M, H, N] memory (attention's output as o_proj reads it): the same values bit
+    for bit, and c.transpose(1, 2) contiguous (no copy after)."""
+    cfg = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2}
+    a = torch.randn(2, 70, 4, 64, device=DEVICE).transpose(1, 2)
+    b = torch.randn(2, 70, 2, 64, device=DEVICE).transpose(1, 2)  # grouped: 4 query heads, 2 K/V heads
+    if product == "P·V":
+        a = torch.softmax(a @ a.transpose(-1, -2), -1).bfloat16()  # [2, 4, 70, 70], encoded in the GEMM
+    else:
+        b = b.transpose(-1, -2)
+    ranges = _ranges(a.float(), b.float(), out=2.0)
+    outs = [
+        optical_matmul_fwd(
+            a, b, ranges, RNG, N, lut_min=LUT, readout=True, out_dtype=a.dtype, config=cfg, heads_last=heads_last
+        )
+        for heads_last in (False, True)
+    ]
+    assert outs[0][0].is_contiguous() and outs[1][0].transpose(1, 2).is_contiguous()
+    for got, want in zip(outs[1], outs[0], strict=True):
+        assert_equal_verbose(got, want)
 
 
 def test_grouped_batched_matmul_equals_per_head_products():

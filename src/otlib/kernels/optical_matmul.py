@@ -148,6 +148,7 @@ def _optical_gemm_kernel(
     EVEN_K: tl.constexpr,
     EVEN_MN: tl.constexpr,
     PHILOX_TILE: tl.constexpr,
+    HEADS_LAST: tl.constexpr,
 ):
     # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
     pid = tl.program_id(0)
@@ -249,7 +250,11 @@ def _optical_gemm_kernel(
         )
         if HAS_BIAS:
             out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=valid)
+    if HEADS_LAST:  # c in [B, M, H, N] memory: the layout attention's output projection reads (no copy after)
+        c_tile = c_ptr + (batch.to(tl.int64) * M + pid_m * BLOCK_M) * H * N + head * N + pid_n * BLOCK_N
+        tl.store(c_tile + rows[:, None] * (H * N) + cols[None, :], cast_for_store(out, c_ptr), mask=valid)
+    else:
+        tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=valid)
 
 
 @triton.jit
@@ -299,6 +304,7 @@ def optical_gemm(
     causal: bool = False,
     a_causal_rows: torch.Tensor | None = None,
     config: dict | None = None,
+    heads_last: bool = False,
 ) -> torch.Tensor:
     """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
     sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous. a = (a itself [B, H, M, K], None): the
@@ -311,17 +317,19 @@ def optical_gemm(
     a_causal_rows (bool [B, M], with a raw a): a is 0 above its causal diagonal except in these rows, so the K loop
     of a block of rows without one of them stops at its last row's diagonal (optical_matmul's causal_rows).
     config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
+    heads_last: c is returned as [B, H, M, N], a view of [B, M, H, N] memory (its transpose(1, 2) contiguous).
     """
     a_codes, a_sums = a
     b_codes, b_sums = b
     a_raw = a_sums is None
     B, H, M, K = a_codes.shape
     N = b_codes.shape[-2]
-    c = torch.empty((B * H, M, N), dtype=out_dtype if readout else torch.float32, device=a_codes.device)
+    c_dtype = out_dtype if readout else torch.float32
+    c = torch.empty((B, M, H, N) if heads_last else (B * H, M, N), dtype=c_dtype, device=a_codes.device)
     if c.numel() == 0:  # nothing to observe (and the encoder may not have launched to initialise the range)
         minmax[0].fill_(float("inf"))
         minmax[1].fill_(float("-inf"))
-        return c
+        return c.transpose(1, 2) if heads_last else c
     args = (
         a_codes,
         a_codes if a_raw else a_sums,
@@ -362,7 +370,7 @@ def optical_gemm(
         _config_key(M, N, K, c.dtype, **flags),
         tile_grid(M, N, B * H),
         args,
-        flags,
+        flags | {"HEADS_LAST": heads_last},
         config=config,
         derived=lambda meta: {
             "EVEN_K": _even_k(K, meta["BLOCK_K"]),
@@ -370,7 +378,7 @@ def optical_gemm(
             "PHILOX_TILE": _philox_tile(N),
         },
     )
-    return c
+    return c.transpose(1, 2) if heads_last else c
 
 
 def _config_key(
@@ -447,6 +455,7 @@ def optical_matmul_fwd(
     causal: bool = False,
     causal_rows: torch.Tensor | None = None,
     config: dict | None = None,
+    heads_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, acc min, acc max).
 
@@ -456,6 +465,7 @@ def optical_matmul_fwd(
     causal_rows (bool [B, M] for a [B, H, M, K]): the caller's promise that a is 0 above its causal diagonal except
     in these rows (attention's P); where the GEMM encodes a itself, it skips those zeros' K tiles.
     config: the GEMM's tile config, fixed (tests), as optical_gemm's.
+    heads_last (a and the result 4-D, [B, H, M, ·]): c in [B, M, H, N] memory, as optical_gemm's.
     """
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
@@ -479,6 +489,8 @@ def optical_matmul_fwd(
     lead_b_heads = [*lead_b[:-1], lead_b[-1] * group] if lead_b else []
     lead = list(broadcast_shapes(lead_a, lead_b_heads))
     h = lead[-1] if lead else 1
+    if heads_last and (len(lead) != 2 or a.dim() != 4):
+        raise ValueError(f"heads_last needs a 4-D product [B, H, M, N], got leading dims {lead}")
 
     def fold(t: torch.Tensor, lead_t: list[int], heads: int, inner: list[int]) -> torch.Tensor:
         # expand (stride 0, no copy) to the common leading shape, then fold the outer dims into one
@@ -502,5 +514,6 @@ def optical_matmul_fwd(
         causal=causal,
         a_causal_rows=_rows_for_raw_a(causal_rows, a, raw_a),
         config=config,
+        heads_last=heads_last,
     )
     return c.view(*lead, M, N), minmax[0], minmax[1]

@@ -213,10 +213,16 @@ def optical_attention_forward(
         numerics=state.numerics,
         calibrate_out=not state.av.is_set(OUT),
         causal_rows=causal_rows,
+        heads_last=_heads_last(),  # out.transpose(1, 2) below is then contiguous: no copy
     )
     if training:
         state.av.update_pair(OUT, o_min, o_max)
     return out.transpose(1, 2).contiguous(), probs
+
+
+def _heads_last() -> bool:
+    """Whether P·V writes its output in [B, T, H, D] memory (a switch for benchmarks/ab_training_step.py)."""
+    return True
 
 
 def optical_mask(*, dtype: torch.dtype = torch.float32, **kwargs: object) -> Tensor | None:

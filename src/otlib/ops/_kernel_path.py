@@ -110,6 +110,7 @@ def matmul_kernel_path(
     calibrate_out: bool,
     causal: bool = False,
     causal_rows: Tensor | None = None,
+    heads_last: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_matmul import optical_matmul_fwd
 
@@ -126,10 +127,17 @@ def matmul_kernel_path(
         out_dtype=a.dtype,
         causal=causal,
         causal_rows=causal_rows,
+        heads_last=heads_last and fused,
     )
     if fused:  # the GEMM zeroed what lies above the diagonal (causal), without reading it out
         return out, acc_min, acc_max
     c, cmin, cmax = _readout(
         out, acc_min, acc_max, None, ranges, rng, n, numerics=numerics, calibrate_out=calibrate_out, act_dtype=a.dtype
     )
-    return (zero_above_diagonal_(c) if causal else c), cmin, cmax
+    c = zero_above_diagonal_(c) if causal else c
+    return (heads_last_layout(c) if heads_last else c), cmin, cmax
+
+
+def heads_last_layout(c: Tensor) -> Tensor:
+    """c [B, H, M, N] as a view of [B, M, H, N] memory (what optical_matmul's heads_last returns)."""
+    return c.transpose(1, 2).contiguous().transpose(1, 2)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._shapes import broadcast_shapes
 from ._dispatch import check_common, check_state, op_entry, use_kernels
-from ._kernel_path import matmul_kernel_path
+from ._kernel_path import heads_last_layout, matmul_kernel_path
 from .reference import expand_groups, optical_matmul_ref
 
 
@@ -40,23 +40,26 @@ def _forward(
     calibrate_out: bool,
     causal: bool,
     causal_rows: Tensor | None,
+    heads_last: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out, "causal": causal}
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(a.device.type, enabled=False):
         if not use_kernels(a, levels):
-            return optical_matmul_ref(a, b, ranges, rng, **kw)
+            c, c_min, c_max = optical_matmul_ref(a, b, ranges, rng, **kw)
+            return (heads_last_layout(c) if heads_last else c), c_min, c_max
         # a causal P's fully masked rows: the GEMM skips the rest's zeros above the diagonal (same values)
         rows = None if causal else causal_rows
-        return matmul_kernel_path(a, b, ranges, rng, **kw, causal_rows=rows)
+        return matmul_kernel_path(a, b, ranges, rng, **kw, causal_rows=rows, heads_last=heads_last)
 
 
 _optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, mutates_args=())
 
 
 @_optical_matmul_op.register_fake
-def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows):
-    c = a.new_empty(_out_shape(a, b))
+def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows, heads_last=False):
+    shape = _out_shape(a, b)
+    c = a.new_empty([shape[0], shape[2], shape[1], shape[3]]).transpose(1, 2) if heads_last else a.new_empty(shape)
     stat = a.new_empty((), dtype=torch.float32)
     return c, stat, stat.clone()
 
@@ -106,13 +109,13 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     # Straight-through: identity quantizers, so these are torch.matmul's gradients.
     a, b, causal_rows = ctx.saved_tensors
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
-        return (None,) * 10
+        return (None,) * 11
     if _strided_grads_apply(a, b, grad_c):  # attention's GQA products, read and written in place
         from ..kernels.grad_matmul import grouped_matmul_grads
 
         rows = causal_rows if causal_rows is not None and causal_rows.shape == (a.shape[0], a.shape[2]) else None
         ga, gb = grouped_matmul_grads(a, b, grad_c, *ctx.needs_input_grad[:2], causal_rows=rows, causal_c=ctx.causal)
-        return ga, gb, *(None,) * 8
+        return ga, gb, *(None,) * 9
     dt = grad_c.dtype
     if _stackable_groups(a, b):
         # GQA: the G query heads of one K/V head stack along the rows, [..., Hkv, G·M, K], so both gradients are
@@ -122,11 +125,11 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
         a_g = a.to(dt).reshape(*a.shape[:-3], hkv, -1, a.shape[-1])
         ga = (grad_g @ b.to(dt).transpose(-1, -2)).view(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
         gb = (a_g.transpose(-1, -2) @ grad_g).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return ga, gb, *(None,) * 8
+        return ga, gb, *(None,) * 9
     bx = expand_groups(a, b).to(dt)
     ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
     gb = _reduce_grad_b(a.to(dt).transpose(-1, -2) @ grad_c, b).to(b.dtype) if ctx.needs_input_grad[1] else None
-    return ga, gb, *(None,) * 8
+    return ga, gb, *(None,) * 9
 
 
 _optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
@@ -147,6 +150,7 @@ def optical_matmul(
     calibrate_out: bool = False,
     causal: bool = False,
     causal_rows: Tensor | None = None,
+    heads_last: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical batched matmul: a [..., M, K] @ b [..., K, N] → (c in a's dtype, out_min, out_max).
 
@@ -159,6 +163,8 @@ def optical_matmul(
     matrix of the product — c's gradient if `causal` (Q·Kᵀ), else a (P·V) — is 0 above the causal diagonal except
     in these rows (the fully masked ones, whose softmax is uniform). The backward then skips the zero tiles, and
     P·V's forward GEMM the zeros of P; the results are the same.
+    heads_last (a [B, H, M, K] and c [B, H, M, N]): c is a view of [B, M, H, N] memory, so that c.transpose(1, 2)
+    is contiguous — attention's output in the layout its output projection reads, without a copy. Same values.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """
@@ -182,4 +188,8 @@ def optical_matmul(
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
-    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows)
+    if heads_last and (a.dim() != 4 or len(_out_shape(a, b)) != 4):
+        raise ValueError(
+            f"heads_last needs a [B, H, M, K] and a 4-D product, got a {tuple(a.shape)}, b {tuple(b.shape)}"
+        )
+    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows, heads_last)
