@@ -136,6 +136,21 @@ def test_opcheck():
             torch.ops.otlib.optical_matmul.default,
             (a.requires_grad_(), b, ranges, rng, LEVELS, LUT, "fixed", False, causal, causal_rows),
         )
+    # heads_last: the fake gives the real output's strides ([B, M, H, N] memory)
+    torch.library.opcheck(
+        torch.ops.otlib.optical_matmul.default,
+        (a.requires_grad_(), b, ranges, rng, LEVELS, LUT, "fixed", False, False, rows, True),
+    )
+
+
+def test_heads_last_output_has_the_projection_layout_and_needs_4d_operands():
+    a, b = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 8, 6)
+    ranges, rng = _state(a, b, 5.0, device="cpu")
+    plain, _, _ = optical_matmul(a, b, ranges, rng.clone(), levels=LEVELS, lut_min=LUT)
+    c, _, _ = optical_matmul(a, b, ranges, rng.clone(), levels=LEVELS, lut_min=LUT, heads_last=True)
+    assert c.transpose(1, 2).is_contiguous() and torch.equal(c, plain)
+    with pytest.raises(ValueError, match="heads_last needs"):
+        optical_matmul(a[0], b[0], ranges, rng, levels=LEVELS, lut_min=LUT, heads_last=True)
 
 
 def test_causal_rows_of_the_wrong_shape_are_refused():
