@@ -112,6 +112,7 @@ def matmul_kernel_path(
     causal_rows: Tensor | None = None,
     heads_last: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """heads_last: the fused GEMM writes c in [B, M, H, N] memory; other paths return it [B, H, M, N] contiguous."""
     from ..kernels.optical_matmul import optical_matmul_fwd
 
     n = levels - 1
@@ -134,10 +135,4 @@ def matmul_kernel_path(
     c, cmin, cmax = _readout(
         out, acc_min, acc_max, None, ranges, rng, n, numerics=numerics, calibrate_out=calibrate_out, act_dtype=a.dtype
     )
-    c = zero_above_diagonal_(c) if causal else c
-    return (heads_last_layout(c) if heads_last else c), cmin, cmax
-
-
-def heads_last_layout(c: Tensor) -> Tensor:
-    """c [B, H, M, N] as a view of [B, M, H, N] memory (what optical_matmul's heads_last returns)."""
-    return c.transpose(1, 2).contiguous().transpose(1, 2)
+    return (zero_above_diagonal_(c) if causal else c), cmin, cmax

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._shapes import broadcast_shapes
 from ._dispatch import check_common, check_state, op_entry, use_kernels
-from ._kernel_path import heads_last_layout, matmul_kernel_path
+from ._kernel_path import matmul_kernel_path
 from .reference import expand_groups, optical_matmul_ref
 
 
@@ -47,10 +47,12 @@ def _forward(
     with torch.autocast(a.device.type, enabled=False):
         if not use_kernels(a, levels):
             c, c_min, c_max = optical_matmul_ref(a, b, ranges, rng, **kw)
-            return (heads_last_layout(c) if heads_last else c), c_min, c_max
-        # a causal P's fully masked rows: the GEMM skips the rest's zeros above the diagonal (same values)
-        rows = None if causal else causal_rows
-        return matmul_kernel_path(a, b, ranges, rng, **kw, causal_rows=rows, heads_last=heads_last)
+        else:
+            # a causal P's fully masked rows: the GEMM skips the rest's zeros above the diagonal (same values)
+            rows = None if causal else causal_rows
+            c, c_min, c_max = matmul_kernel_path(a, b, ranges, rng, **kw, causal_rows=rows, heads_last=heads_last)
+    # heads_last: [B, M, H, N] memory; a copy only where the GEMM did not write it so (contiguous() is then a no-op)
+    return (c.transpose(1, 2).contiguous().transpose(1, 2) if heads_last else c), c_min, c_max
 
 
 _optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, mutates_args=())
