@@ -15,6 +15,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   masked-softmax   the softmax kernels mask the columns of rows that fill their block too (no FULL_ROW; NOTES.md 57)
   masked-codes     the operand encoder masks whole blocks of rows and columns too (no EVEN; NOTES.md 58)
   heads-first      P·V writes attention's output [B, H, T, D] and the attention copies it to [B, T, H, D] (NOTES.md 61)
+  stored-zeros     Q·Kᵀ stores the zero tiles above the diagonal that the softmax does not read (NOTES.md 63)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -35,6 +36,7 @@ VARIANTS = (
     "masked-softmax",
     "masked-codes",
     "heads-first",
+    "stored-zeros",
     "digital",
 )
 
@@ -57,6 +59,7 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         "masked-softmax": (softmax, "_full_row", lambda *args: False),
         "masked-codes": (quantize, "_even_blocks", lambda *args: False),
         "heads-first": (attention, "_heads_last", lambda: False),
+        "stored-zeros": (attention, "_skip_unread_scores", lambda: False),
     }.get(name)
     if switch is None:
         yield

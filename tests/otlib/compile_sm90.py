@@ -67,11 +67,12 @@ def _gemm(
     a_causal=False,
     even=True,
     heads_last=False,
+    skip_above=False,
 ):
     first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
     meta = {**(meta or first_meta)}
     meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
-    meta.update(A_CAUSAL=a_causal, EVEN_MN=even, HEADS_LAST=heads_last)
+    meta.update(A_CAUSAL=a_causal, EVEN_MN=even, HEADS_LAST=heads_last, SKIP_ABOVE=skip_above)
     pointers = {
         "a_ptr": "*bf16" if a_raw else "*fp16",
         "asum_ptr": "*fp32",
@@ -96,6 +97,7 @@ VARIANTS = [
     _gemm("GEMM linear read-out + bias, partial tiles", readout=True, bias=True, a_raw=False, causal=False, even=False),
     _gemm("GEMM accumulator only", readout=False, bias=False, a_raw=False, causal=False),
     _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
+    _gemm("GEMM causal Q·Kᵀ, unread zero tiles unstored", True, False, False, True, *ATTENTION_TILE, skip_above=True),
     _gemm("GEMM P·V encoding P, 128 registers", True, False, True, False, *PV_TILE),
     _gemm("GEMM causal P·V encoding P, 128 registers", True, False, True, False, *PV_TILE, a_causal=True),
     _gemm(

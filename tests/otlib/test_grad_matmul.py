@@ -124,10 +124,10 @@ def test_op_backward_on_attention_operands_takes_the_strided_kernels(monkeypatch
     assert_close_verbose(k_src.grad.float(), ref_b, **_tol(ref_b, torch.bfloat16))
 
 
-def _reference_forward(*args, causal_rows=None, heads_last=False, **kwargs):
+def _reference_forward(*args, causal_rows=None, heads_last=False, zero_above=True, **kwargs):
     from otlib.ops import optical_matmul_ref
 
-    assert not heads_last
+    assert not heads_last and zero_above
     return optical_matmul_ref(*args, **kwargs)  # causal_rows only lets the kernels skip zeros: the same values
 
 

@@ -230,6 +230,43 @@ def test_heads_last_output_is_the_same_product_in_the_projection_layout(product)
         assert_equal_verbose(got, want)
 
 
+@pytest.mark.parametrize("s", [72, 75])  # S − T a multiple of 16, and not (the softmax rounds its bound up to 16)
+def test_unstored_zero_tiles_are_ones_the_softmax_does_not_read(s, monkeypatch):
+    """zero_above=False: Q·Kᵀ leaves tiles wholly above the diagonal unstored where the softmax given the same
+    causal_rows does not read them. With every allocation poisoned (NaN), the softmax's P, row statistics and dS
+    equal those from the zero-filled scores bit for bit — fully masked rows (read whole) included — and some tile
+    was indeed left unstored."""
+    from otlib.kernels.softmax import softmax_bwd, softmax_fwd
+
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2}
+    t = 40
+    q = torch.randn(2, t, 2, 64, device=DEVICE).transpose(1, 2)
+    kt = torch.randn(2, s, 1, 64, device=DEVICE).transpose(1, 2).transpose(-1, -2)
+    allowed = torch.ones(t, s, device=DEVICE, dtype=torch.bool).tril(diagonal=s - t).expand(2, 1, t, s).clone()
+    allowed[1, :, 3] = False  # a fully masked row in the first row block of the second sequence
+    mask = torch.zeros(allowed.shape, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    rows = ~allowed[:, 0].any(-1)
+    ranges = _ranges(q, kt, out=4.0)
+    zeroed, lo, hi = optical_matmul_fwd(q, kt, ranges, RNG, N, lut_min=LUT, readout=True, out_dtype=q.dtype,
+                                        causal=True, config=cfg)  # fmt: skip
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    skipped, lo2, hi2 = optical_matmul_fwd(q, kt, ranges, RNG, N, lut_min=LUT, readout=True, out_dtype=q.dtype,
+                                           causal=True, causal_rows=rows, zero_above=False, config=cfg)  # fmt: skip
+    monkeypatch.setattr(torch, "empty", empty)
+    # tiles past the read bound were not stored, but none in the row block holding the fully masked row
+    assert bool(skipped[0].isnan().any()) and not bool(skipped[1, :, :16].isnan().any())
+    assert torch.equal(torch.stack([lo, hi]), torch.stack([lo2, hi2]))
+    grad_p = torch.randn(zeroed.shape, device=DEVICE)
+    for scores in (zeroed, skipped):
+        p, stats = softmax_fwd(scores, mask, 0.125, torch.float32, row_stats=True, causal_rows=rows)
+        grad_s = softmax_bwd(grad_p, scores, mask, 0.125, causal_rows=rows)
+        if scores is zeroed:
+            want = (p, stats, grad_s)
+    for got, exp in zip((p, stats, grad_s), want, strict=True):
+        assert_equal_verbose(got, exp)
+
+
 def test_grouped_batched_matmul_equals_per_head_products():
     a = torch.randn(2, 6, 33, 16, device=DEVICE)  # 6 query heads
     b = torch.randn(2, 2, 16, 40, device=DEVICE)  # 2 KV heads: groups of 3

@@ -162,6 +162,28 @@ def test_reading_up_to_the_diagonal_reads_nothing_above_it():
     assert bool(softmax_fwd(poisoned, mask, SCALING, torch.float32)[0].isnan().any())
 
 
+def test_the_kernels_apply_where_the_dispatch_takes_them(monkeypatch):
+    """fused_softmax_applies (what Q·Kᵀ's unstored zero tiles rely on: only the kernels read a causal row up to its
+    diagonal alone) says what scaled_masked_softmax dispatches to: not for a 16-bit or differentiable mask, nor for
+    rows longer than MAX_COLUMNS."""
+    from otlib.kernels.softmax import MAX_COLUMNS
+    from otlib.ops import softmax as softmax_op
+
+    scores, mask, _ = _inputs(torch.float32)
+    assert not softmax_op.fused_softmax_applies(scores, scores.shape[-1], mask) or DEVICE != "cpu"
+    monkeypatch.setattr(softmax_op, "use_kernels", lambda t, levels=2: True)
+    assert softmax_op.fused_softmax_applies(scores, scores.shape[-1], mask)
+    assert softmax_op.fused_softmax_applies(scores, scores.shape[-1], None)
+    assert not softmax_op.fused_softmax_applies(scores, scores.shape[-1], mask.bfloat16())
+    assert not softmax_op.fused_softmax_applies(scores, scores.shape[-1], mask.clone().requires_grad_())
+    assert not softmax_op.fused_softmax_applies(scores, MAX_COLUMNS + 1, mask)
+    taken = []
+    monkeypatch.setattr(softmax_op, "fused_softmax", lambda *args: taken.append(True) or args[0])
+    softmax_op.scaled_masked_softmax(scores, mask, SCALING, torch.float32)
+    softmax_op.scaled_masked_softmax(scores, mask.bfloat16(), SCALING, torch.float32)
+    assert taken == [True]
+
+
 def test_causal_rows_of_the_wrong_shape_are_refused():
     scores, mask, _ = _inputs(torch.float32)
     with pytest.raises(ValueError, match="causal_rows must be bool"):

@@ -149,6 +149,7 @@ def _optical_gemm_kernel(
     EVEN_MN: tl.constexpr,
     PHILOX_TILE: tl.constexpr,
     HEADS_LAST: tl.constexpr,
+    SKIP_ABOVE: tl.constexpr,
 ):
     # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
     pid = tl.program_id(0)
@@ -233,11 +234,18 @@ def _optical_gemm_kernel(
     tile_start = bid.to(tl.int64) * M * N + (pid_m * BLOCK_M).to(tl.int64) * N + pid_n * BLOCK_N
     tile_offs = rows[:, None] * N + cols[None, :]
     out = val
+    stored = valid
     if READOUT and CAUSAL:
         # a causal mask discards the scores above the diagonal: they are 0, and a tile wholly above it skips
         # the read-out (its products were formed and observed above: the range is over all of them)
         if pid_n * BLOCK_N > pid_m * BLOCK_M + BLOCK_M - 1 + (N - M):
             out = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            if SKIP_ABOVE:
+                # nor the store, past where the softmax reads the block's rows (softmax._row_last: up to the
+                # diagonal rounded up to 16 columns) unless one of them is fully masked (it reads the whole row)
+                full = tl.load(rows_ptr + batch.to(tl.int64) * stride_rb + offs_m, mask=offs_m < M, other=0)
+                read_end = ((pid_m * BLOCK_M + BLOCK_M - 1 + N - M) // 16 + 1) * 16
+                stored = valid & ((pid_n * BLOCK_N < read_end) | (tl.max(full.to(tl.int32), axis=0) > 0))
         else:
             above = offs_n[None, :] > offs_m[:, None] + (N - M)
             y = _readout_tile(
@@ -252,9 +260,9 @@ def _optical_gemm_kernel(
             out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if HEADS_LAST:  # c in [B, M, H, N] memory: the layout attention's output projection reads (no copy after)
         c_tile = c_ptr + (batch.to(tl.int64) * M + pid_m * BLOCK_M) * H * N + head * N + pid_n * BLOCK_N
-        tl.store(c_tile + rows[:, None] * (H * N) + cols[None, :], cast_for_store(out, c_ptr), mask=valid)
+        tl.store(c_tile + rows[:, None] * (H * N) + cols[None, :], cast_for_store(out, c_ptr), mask=stored)
     else:
-        tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=valid)
+        tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=stored)
 
 
 @triton.jit
@@ -305,6 +313,7 @@ def optical_gemm(
     a_causal_rows: torch.Tensor | None = None,
     config: dict | None = None,
     heads_last: bool = False,
+    c_causal_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Encoded a = (codes [B, H, M, K], sums [B, H, M]) times encoded b = (codes [B, H // group, N, K],
     sums [B, H // group, N]) → c [B·H, M, N]; inner dims contiguous. a = (a itself [B, H, M, K], None): the
@@ -318,7 +327,11 @@ def optical_gemm(
     of a block of rows without one of them stops at its last row's diagonal (optical_matmul's causal_rows).
     config: fixed tile meta-parameters instead of autotuning (tests: results must not depend on them).
     heads_last: c is returned as [B, H, M, N], a view of [B, M, H, N] memory (its transpose(1, 2) contiguous).
+    c_causal_rows (bool [B, M], unit stride along M; with causal): c's tiles wholly above the diagonal are left
+    unwritten where the softmax given these rows does not read them (optical_matmul's zero_above=False).
     """
+    if c_causal_rows is not None and (a_causal_rows is not None or not (causal and readout)):
+        raise ValueError("optical_gemm: c_causal_rows needs a causal read-out and no a_causal_rows")
     a_codes, a_sums = a
     b_codes, b_sums = b
     a_raw = a_sums is None
@@ -340,7 +353,7 @@ def optical_gemm(
         ranges,
         rng,
         *minmax,
-        a_causal_rows if a_causal_rows is not None else minmax[0],
+        a_causal_rows if a_causal_rows is not None else c_causal_rows if c_causal_rows is not None else minmax[0],
         EPS_BITS,
         M,
         N,
@@ -357,7 +370,7 @@ def optical_gemm(
         b_codes.stride(1),
         b_sums.stride(0),
         b_sums.stride(1),
-        a_causal_rows.stride(0) if a_causal_rows is not None else 0,
+        next((rows.stride(0) for rows in (a_causal_rows, c_causal_rows) if rows is not None), 0),
     )
     flags = {
         "READOUT": readout,
@@ -370,7 +383,7 @@ def optical_gemm(
         _config_key(M, N, K, c.dtype, **flags),
         tile_grid(M, N, B * H),
         args,
-        flags | {"HEADS_LAST": heads_last},
+        flags | {"HEADS_LAST": heads_last, "SKIP_ABOVE": c_causal_rows is not None},
         config=config,
         derived=lambda meta: {
             "EVEN_K": _even_k(K, meta["BLOCK_K"]),
@@ -433,6 +446,13 @@ def _rows_for_raw_a(causal_rows: torch.Tensor | None, a: torch.Tensor, raw_a: bo
     """causal_rows as the GEMM reads them (bool [B, M], unit stride along M), where it encodes a 4-D a itself."""
     if causal_rows is None or not raw_a or a.dim() != 4 or causal_rows.shape != (a.shape[0], a.shape[2]):
         return None
+    return _unit_stride_rows(causal_rows)
+
+
+def _unit_stride_rows(causal_rows: torch.Tensor | None) -> torch.Tensor | None:
+    """bool [B, M] rows with unit stride along M, as the GEMM reads them."""
+    if causal_rows is None:
+        return None
     return causal_rows if causal_rows.stride(1) == 1 else causal_rows.contiguous()
 
 
@@ -456,16 +476,20 @@ def optical_matmul_fwd(
     causal_rows: torch.Tensor | None = None,
     config: dict | None = None,
     heads_last: bool = False,
+    zero_above: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """a [..., M, K] @ b [..., K, N] (broadcast leading dims; dim −3 may be grouped) → (c, acc min, acc max).
 
     ranges: contiguous fp32 [3, 2] (lo, hi) of (a, b, out). readout: c is the read-out, else the fp32 accumulator.
     raw_a: the GEMM encodes a itself (None: where raw_a_pays). The results are the same bit for bit.
     causal (with readout): c is 0 above the causal diagonal, and tiles wholly above it are not read out.
-    causal_rows (bool [B, M] for a [B, H, M, K]): the caller's promise that a is 0 above its causal diagonal except
-    in these rows (attention's P); where the GEMM encodes a itself, it skips those zeros' K tiles.
+    causal_rows (bool [B, M] for a [B, H, M, K]): without causal, the caller's promise that a is 0 above its causal
+    diagonal except in these rows (attention's P); where the GEMM encodes a itself, it skips those zeros' K tiles.
+    With causal, the rows the softmax reads whole (zero_above=False).
     config: the GEMM's tile config, fixed (tests), as optical_gemm's.
     heads_last (a and the result 4-D, [B, H, M, ·]): c in [B, M, H, N] memory, as optical_gemm's.
+    zero_above=False (causal read-out, causal_rows given): tiles wholly above the diagonal that the softmax given
+    causal_rows does not read are not stored (optical_matmul's zero_above).
     """
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = list(a.shape[:-2]), list(b.shape[:-2])
@@ -512,8 +536,9 @@ def optical_matmul_fwd(
         readout=readout,
         out_dtype=out_dtype,
         causal=causal,
-        a_causal_rows=_rows_for_raw_a(causal_rows, a, raw_a),
+        a_causal_rows=None if causal else _rows_for_raw_a(causal_rows, a, raw_a),  # causal_rows: a is P
         config=config,
         heads_last=heads_last,
+        c_causal_rows=_unit_stride_rows(causal_rows) if causal and readout and not zero_above else None,
     )
     return c.view(*lead, M, N), minmax[0], minmax[1]

@@ -36,6 +36,7 @@ from otlib import ops
 from otlib.config import NUMERICS, LayerConfig
 from otlib.layers.ranges import RangeTracker
 from otlib.ops._dispatch import use_kernels
+from otlib.ops.softmax import fused_softmax_applies
 
 ATTENTION_NAME = "optical"  # the attn_implementation name of optical attention
 STATE_ATTR = "optical_attention"  # submodule name of the per-layer state on each attention module
@@ -180,6 +181,7 @@ def optical_attention_forward(
         calibrate_out=calibrate_qk,
         causal=causal,
         causal_rows=causal_rows,
+        zero_above=not _unread_scores_skipped(query, key, attention_mask, causal_rows),
     )
     if training and not mase:  # the unscaled accumulator, every step
         state.qk.update_pair(OUT, s_min, s_max)
@@ -218,6 +220,17 @@ def optical_attention_forward(
     if training:
         state.av.update_pair(OUT, o_min, o_max)
     return out.transpose(1, 2).contiguous(), probs
+
+
+def _unread_scores_skipped(query: Tensor, key: Tensor, mask: Tensor | None, causal_rows: Tensor | None) -> bool:
+    """Whether Q·Kᵀ may leave unstored the zero tiles above the diagonal that the softmax does not read: the
+    softmax's kernels run with the same causal_rows (the torch ops would read every score)."""
+    return causal_rows is not None and _skip_unread_scores() and fused_softmax_applies(query, key.shape[-2], mask)
+
+
+def _skip_unread_scores() -> bool:
+    """Whether Q·Kᵀ skips storing the scores the softmax does not read (benchmarks/ab_training_step.py's switch)."""
+    return True
 
 
 def _heads_last() -> bool:

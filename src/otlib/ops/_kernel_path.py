@@ -111,6 +111,7 @@ def matmul_kernel_path(
     causal: bool = False,
     causal_rows: Tensor | None = None,
     heads_last: bool = False,
+    zero_above: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """heads_last: the fused GEMM writes c in [B, M, H, N] memory; other paths return it [B, H, M, N] contiguous."""
     from ..kernels.optical_matmul import optical_matmul_fwd
@@ -129,6 +130,7 @@ def matmul_kernel_path(
         causal=causal,
         causal_rows=causal_rows,
         heads_last=heads_last and fused,
+        zero_above=zero_above or not fused,
     )
     if fused:  # the GEMM zeroed what lies above the diagonal (causal), without reading it out
         return out, acc_min, acc_max

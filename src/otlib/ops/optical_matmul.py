@@ -41,6 +41,7 @@ def _forward(
     causal: bool,
     causal_rows: Tensor | None,
     heads_last: bool = False,
+    zero_above: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out, "causal": causal}
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
@@ -48,9 +49,12 @@ def _forward(
         if not use_kernels(a, levels):
             c, c_min, c_max = optical_matmul_ref(a, b, ranges, rng, **kw)
         else:
-            # a causal P's fully masked rows: the GEMM skips the rest's zeros above the diagonal (same values)
-            rows = None if causal else causal_rows
-            c, c_min, c_max = matmul_kernel_path(a, b, ranges, rng, **kw, causal_rows=rows, heads_last=heads_last)
+            # a causal P's fully masked rows: the GEMM skips the rest's zeros above the diagonal (same values); causal
+            # scores' (zero_above=False): the GEMM skips storing the zero tiles the softmax does not read
+            rows = causal_rows if not causal or not zero_above else None
+            c, c_min, c_max = matmul_kernel_path(
+                a, b, ranges, rng, **kw, causal_rows=rows, heads_last=heads_last, zero_above=zero_above
+            )
     # heads_last: [B, M, H, N] memory; a copy only where the GEMM did not write it so (contiguous() is then a no-op)
     return (c.transpose(1, 2).contiguous().transpose(1, 2) if heads_last else c), c_min, c_max
 
@@ -59,7 +63,9 @@ _optical_matmul_op = torch.library.custom_op("otlib::optical_matmul", _forward, 
 
 
 @_optical_matmul_op.register_fake
-def _(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows, heads_last=False):
+def _(
+    a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows, heads_last=False, zero_above=True
+):
     shape = _out_shape(a, b)
     c = a.new_empty([shape[0], shape[2], shape[1], shape[3]]).transpose(1, 2) if heads_last else a.new_empty(shape)
     stat = a.new_empty((), dtype=torch.float32)
@@ -111,13 +117,13 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     # Straight-through: identity quantizers, so these are torch.matmul's gradients.
     a, b, causal_rows = ctx.saved_tensors
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
-        return (None,) * 11
+        return (None,) * 12
     if _strided_grads_apply(a, b, grad_c):  # attention's GQA products, read and written in place
         from ..kernels.grad_matmul import grouped_matmul_grads
 
         rows = causal_rows if causal_rows is not None and causal_rows.shape == (a.shape[0], a.shape[2]) else None
         ga, gb = grouped_matmul_grads(a, b, grad_c, *ctx.needs_input_grad[:2], causal_rows=rows, causal_c=ctx.causal)
-        return ga, gb, *(None,) * 9
+        return ga, gb, *(None,) * 10
     dt = grad_c.dtype
     if _stackable_groups(a, b):
         # GQA: the G query heads of one K/V head stack along the rows, [..., Hkv, G·M, K], so both gradients are
@@ -127,11 +133,11 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
         a_g = a.to(dt).reshape(*a.shape[:-3], hkv, -1, a.shape[-1])
         ga = (grad_g @ b.to(dt).transpose(-1, -2)).view(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
         gb = (a_g.transpose(-1, -2) @ grad_g).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return ga, gb, *(None,) * 9
+        return ga, gb, *(None,) * 10
     bx = expand_groups(a, b).to(dt)
     ga = (grad_c @ bx.transpose(-1, -2)).sum_to_size(a.shape).to(a.dtype) if ctx.needs_input_grad[0] else None
     gb = _reduce_grad_b(a.to(dt).transpose(-1, -2) @ grad_c, b).to(b.dtype) if ctx.needs_input_grad[1] else None
-    return ga, gb, *(None,) * 9
+    return ga, gb, *(None,) * 10
 
 
 _optical_matmul_op.register_autograd(_backward, setup_context=_setup_context)
@@ -153,6 +159,7 @@ def optical_matmul(
     causal: bool = False,
     causal_rows: Tensor | None = None,
     heads_last: bool = False,
+    zero_above: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical batched matmul: a [..., M, K] @ b [..., K, N] → (c in a's dtype, out_min, out_max).
 
@@ -167,6 +174,10 @@ def optical_matmul(
     P·V's forward GEMM the zeros of P; the results are the same.
     heads_last (a [B, H, M, K] and c [B, H, M, N]): c is a view of [B, M, H, N] memory, so that c.transpose(1, 2)
     is contiguous — attention's output in the layout its output projection reads, without a copy. Same values.
+    zero_above=False (causal, with causal_rows; attention's scores): c is 0 above the diagonal only where
+    `scaled_masked_softmax` given the same causal_rows reads it — up to the diagonal rounded up to 16 columns, and
+    the whole of a fully masked row; elsewhere above the diagonal c is left unwritten (any value). The kernels'
+    GEMM then skips storing those zero tiles.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """
@@ -190,8 +201,12 @@ def optical_matmul(
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
+    if not zero_above and (not causal or causal_rows is None):
+        raise ValueError("optical_matmul: zero_above=False needs causal=True and causal_rows")
     if heads_last and (a.dim() != 4 or len(_out_shape(a, b)) != 4):
         raise ValueError(
             f"heads_last needs a [B, H, M, K] and a 4-D product, got a {tuple(a.shape)}, b {tuple(b.shape)}"
         )
-    return _call_matmul(a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows, heads_last)
+    return _call_matmul(
+        a, b, ranges, rng, levels, lut_min, numerics, calibrate_out, causal, causal_rows, heads_last, zero_above
+    )

@@ -63,6 +63,18 @@ def fused_softmax(
     return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype, fold, causal_rows)
 
 
+def fused_softmax_applies(like: Tensor, n_columns: int, mask: Tensor | None) -> bool:
+    """Whether `scaled_masked_softmax` of 4-D scores on `like`'s device with rows of `n_columns` and this mask runs
+    the Triton kernels (which, given causal_rows, read a causal row only up to its diagonal) rather than the torch
+    ops (which read every score)."""
+    if not use_kernels(like) or torch.compiler.is_compiling():
+        return False
+    from otlib.kernels.softmax import MAX_COLUMNS  # Triton is imported only when kernels run
+
+    plain_mask = mask is None or (mask.dtype == torch.float32 and not mask.requires_grad)
+    return n_columns <= MAX_COLUMNS and plain_mask
+
+
 def scaled_masked_softmax(
     scores: Tensor,
     mask: Tensor | None,
@@ -90,12 +102,8 @@ def scaled_masked_softmax(
             f"scaled_masked_softmax: causal_rows must be bool [B or 1, T] for scores [B, H, T, S] = "
             f"{tuple(scores.shape)}, got {causal_rows.dtype} {tuple(causal_rows.shape)}"
         )
-    if use_kernels(scores) and not torch.compiler.is_compiling():
-        from otlib.kernels.softmax import MAX_COLUMNS  # Triton is imported only when kernels run
-
-        plain_mask = mask is None or (mask.dtype == torch.float32 and not mask.requires_grad)
-        if scores.dim() == 4 and scores.shape[-1] <= MAX_COLUMNS and plain_mask:
-            return fused_softmax(scores, mask, scaling, dtype, fold, causal_rows)
+    if scores.dim() == 4 and fused_softmax_applies(scores, scores.shape[-1], mask):
+        return fused_softmax(scores, mask, scaling, dtype, fold, causal_rows)
     p = scaled_masked_softmax_reference(scores, mask, scaling, dtype)
     if fold is not None:
         minmax_fold(p, fold)
