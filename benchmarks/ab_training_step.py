@@ -16,6 +16,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   masked-codes     the operand encoder masks whole blocks of rows and columns too (no EVEN; NOTES.md 58)
   heads-first      P·V writes attention's output [B, H, T, D] and the attention copies it to [B, T, H, D] (NOTES.md 61)
   stored-zeros     Q·Kᵀ stores the zero tiles above the diagonal that the softmax does not read (NOTES.md 63)
+  stored-dp        P·V's backward forms and stores dP where the softmax backward does not read it (NOTES.md 64)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -37,6 +38,7 @@ VARIANTS = (
     "masked-codes",
     "heads-first",
     "stored-zeros",
+    "stored-dp",
     "digital",
 )
 
@@ -60,6 +62,7 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         "masked-codes": (quantize, "_even_blocks", lambda *args: False),
         "heads-first": (attention, "_heads_last", lambda: False),
         "stored-zeros": (attention, "_skip_unread_scores", lambda: False),
+        "stored-dp": (attention, "_skip_unread_grads", lambda: False),
     }.get(name)
     if switch is None:
         yield

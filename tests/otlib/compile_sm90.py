@@ -115,16 +115,20 @@ VARIANTS = [
         grad_matmul._grouped_bmm_kernel,
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
         # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
-        {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "sx_k": 1, "sy_n": 1, "sc_n": 1},
+        {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "SKIP_UNREAD": False}
+        | {"sx_k": 1, "sy_n": 1, "sc_n": 1},
         GRAD_OPTIONS,
     ),
-    (
-        "grad GEMM dP, one step",
-        grad_matmul._grouped_bmm_kernel,
-        {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        # dP = dO·Vᵀ: dO and V head-transposed views, dP contiguous
-        {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True, "sx_k": 1, "sy_k": 1, "sc_n": 1},
-        GRAD_OPTIONS,
+    *(
+        (
+            f"grad GEMM dP, one step{suffix}",
+            grad_matmul._grouped_bmm_kernel,
+            {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
+            # dP = dO·Vᵀ: dO and V head-transposed views, dP contiguous
+            {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True, "SKIP_UNREAD": skip, "sx_k": 1, "sy_k": 1, "sc_n": 1},
+            GRAD_OPTIONS,
+        )
+        for suffix, skip in (("", False), (", unread tiles skipped", True))
     ),
     *(
         (

@@ -127,7 +127,7 @@ def test_op_backward_on_attention_operands_takes_the_strided_kernels(monkeypatch
 def _reference_forward(*args, causal_rows=None, heads_last=False, zero_above=True, **kwargs):
     from otlib.ops import optical_matmul_ref
 
-    assert not heads_last and zero_above
+    assert not heads_last and (zero_above or not kwargs.get("causal"))  # P·V's zero_above concerns its backward
     return optical_matmul_ref(*args, **kwargs)  # causal_rows only lets the kernels skip zeros: the same values
 
 
@@ -153,3 +153,61 @@ def test_causal_skip_is_bit_identical(causal_c):
     skipped = grouped_matmul_grads(a, b, grad_c, True, True, causal_rows=full, causal_c=causal_c)
     dense = grouped_matmul_grads(a, b, grad_c, True, True)
     assert torch.equal(skipped[0], dense[0]) and torch.equal(skipped[1], dense[1])
+
+
+@pytest.mark.parametrize("s_len", [200, 203])  # S − T a multiple of 16, and not (the softmax rounds its bound up)
+def test_unread_dp_tiles_are_ones_the_softmax_backward_does_not_read(s_len, monkeypatch):
+    """unread_above: P·V's backward leaves dP unwritten in tiles the softmax backward given the same causal_rows does
+    not read. With the allocation poisoned (NaN), dP equals the dense one wherever it was written, some tile was
+    left unwritten (but none in the row tiles of fully masked rows), and the softmax backward's dS from it equals
+    the dS from the dense dP bit for bit."""
+    from otlib.kernels.grad_matmul import grouped_matmul_grads
+    from otlib.kernels.softmax import softmax_bwd
+
+    batch, heads, kv_heads, t_len, head_dim = 2, 4, 2, 140, 32
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 64}
+    full = torch.zeros(batch, t_len, dtype=torch.bool, device=DEVICE)
+    full[1, 3] = True  # a fully masked row in the first row tile of the second sequence: its row is read whole
+    allowed = torch.ones(t_len, s_len, dtype=torch.bool, device=DEVICE).tril(s_len - t_len) | full[:, None, :, None]
+    mask = torch.zeros(allowed.shape, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    scores = torch.randn(batch, heads, t_len, s_len, device=DEVICE).bfloat16()
+    p = torch.softmax(scores.float() * 0.125 + mask, -1).bfloat16()
+    v = torch.randn(batch, kv_heads, s_len, head_dim, device=DEVICE).bfloat16()
+    grad_o = torch.randn(batch, heads, t_len, head_dim, device=DEVICE).bfloat16()
+    dense, _ = grouped_matmul_grads(p, v, grad_o, True, False, causal_rows=full)
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+    kernels = sys.modules["otlib.kernels.grad_matmul"]
+    bmm = kernels.grouped_bmm
+    monkeypatch.setattr(kernels, "grouped_bmm", lambda *a, **k: bmm(*a, **k, config=cfg))
+    skipped, _ = grouped_matmul_grads(p, v, grad_o, True, False, causal_rows=full, unread_above=True)
+    monkeypatch.undo()
+    written = ~skipped.isnan()
+    assert not bool(written.all()) and bool(written[1, :, :64].all())
+    assert torch.equal(skipped[written], dense[written])
+    grad_s = [softmax_bwd(g, scores, mask, 0.125, causal_rows=full) for g in (dense, skipped)]
+    assert torch.equal(grad_s[0], grad_s[1])
+
+
+def test_op_leaves_dp_unread_only_where_asked(monkeypatch):
+    """optical_matmul(zero_above=False) on P·V hands its backward unread_above (and only then); Q·Kᵀ's never."""
+    ops_module = sys.modules["otlib.ops.optical_matmul"]
+    kernels = sys.modules["otlib.kernels.grad_matmul"]
+    monkeypatch.setattr(ops_module, "use_kernels", lambda t, levels=2: True)
+    monkeypatch.setattr(ops_module, "matmul_kernel_path", _reference_forward)
+    seen = []
+    grads = kernels.grouped_matmul_grads
+    monkeypatch.setattr(
+        kernels, "grouped_matmul_grads", lambda *a, **k: seen.append(k["unread_above"]) or grads(*a, **k)
+    )
+    p = torch.rand(2, 4, 70, 70, device=DEVICE).tril().bfloat16().requires_grad_()
+    v = torch.randn(2, 2, 70, 32, device=DEVICE).bfloat16()
+    rows = torch.zeros(2, 70, dtype=torch.bool, device=DEVICE)
+    ranges = torch.tensor([[0.0, 1.0], [-4.0, 4.0], [-30.0, 30.0]], device=DEVICE)
+    rng = torch.tensor([1, 2, 3], device=DEVICE)
+    for zero_above in (True, False):
+        c, _, _ = optical_matmul(p, v, ranges, rng, levels=256, lut_min=0.02, causal_rows=rows, zero_above=zero_above)
+        c.float().sum().backward()
+    assert seen == [False, True]
+    with pytest.raises(ValueError, match="zero_above=False needs causal_rows"):
+        optical_matmul(p, v, ranges, rng, levels=256, lut_min=0.02, zero_above=False)

@@ -11,8 +11,9 @@ in the layout of their operands, so nothing downstream copies either.
 Under a causal mask the T × S matrix of the product (grad_c of Q·Kᵀ, a of P·V) is exactly 0 above the diagonal
 (column > row + S − T) except in fully masked rows, where P is uniform; given those rows (`causal_rows`), the
 kernel skips the K tiles that are wholly zero there (CAUSAL modes below; dP = dO·Vᵀ, bound by its store,
-gains nothing from skipping and is computed in full). Skipped products are exact zeros, so the result is the
-same bit for bit.
+gains nothing from skipping its zero products, so it is formed in full). Skipped products are exact zeros, so the
+result is the same bit for bit. dP may instead leave unwritten the tiles the softmax's backward kernel does not read
+(`unread_above`: past a row's diagonal rounded up to 16 columns, unless the row is fully masked): half its stores.
 bf16/fp16 operands on the tensor cores, fp32 accumulator, rounded once to the output dtype. Every config takes
 the same K steps in the same order with the same (wgmma) MMA instructions, so results do not depend on the
 autotune choice (tested on the GPU).
@@ -45,7 +46,9 @@ def autotune_configs() -> list[triton.Config]:
     return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-@triton.autotune(configs=autotune_configs(), key=["M", "N", "K", "RED", "sx_m", "sx_k", "sy_k", "sy_n", "CAUSAL"])
+@triton.autotune(
+    configs=autotune_configs(), key=["M", "N", "K", "RED", "sx_m", "sx_k", "sy_k", "sy_n", "CAUSAL", "SKIP_UNREAD"]
+)
 @triton.jit
 def _grouped_bmm_kernel(
     x_ptr,
@@ -76,6 +79,7 @@ def _grouped_bmm_kernel(
     sc_n,
     CAUSAL: tl.constexpr,
     ONE_STEP: tl.constexpr,
+    SKIP_UNREAD: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -96,6 +100,10 @@ def _grouped_bmm_kernel(
     # the K range of the dense loop, [k_lo, k_hi): all of K unless a causal mode bounds it
     rows = rows_ptr + batch.to(tl.int64) * s_rows
     m_last = pid_m * BLOCK_M + BLOCK_M - 1
+    if SKIP_UNREAD:  # C [T, S] (dP): a tile wholly past where the softmax backward reads its rows (softmax._row_last)
+        read_end = (m_last + DIAG) // 16 * 16 + 16
+        if (pid_n * BLOCK_N >= read_end) & ~_any_full(rows, offs_m, M):
+            return
     k_lo = 0
     k_hi = K
     if CAUSAL == _X_LOWER:  # without a full row, this M tile's nonzero columns end at m_last + DIAG
@@ -149,11 +157,14 @@ def grouped_bmm(
     causal: int = NOT_CAUSAL,
     rows: torch.Tensor | None = None,
     diag: int = 0,
+    unread_above: bool = False,
     config: dict | None = None,
 ) -> torch.Tensor:
     """out[b, j] = Σ_{g < red} x[b, j·xm + g] @ y[b, (j·ym + g) // yd] for x [B, ·, M, K], y [B, ·, K, N] and
     out [B, J, M, N], all of any strides (out is written in place and returned). causal (a mode above) with rows
     (uint8 [B, T], 1 = full row; any batch stride) and diag (S − T): skip the tiles that mode makes zero.
+    unread_above (with rows and diag; out [T, S]): out's tiles that the softmax backward given these rows does not
+    read — wholly past a row's diagonal rounded up to 16 columns, no fully masked row — are left unwritten.
     config: fixed BLOCK_M/BLOCK_N (+ num_warps, num_stages) instead of autotuning (tests: results must not
     depend on it)."""
     B, J, M, N = out.shape
@@ -162,14 +173,16 @@ def grouped_bmm(
         return out
     if K == 0 or red == 0:
         return out.zero_()
-    if causal != NOT_CAUSAL and (rows is None or rows.dim() != 2 or rows.dtype != torch.uint8):
-        raise ValueError("grouped_bmm: a causal mode needs rows, uint8 [B, T]")
-    rows_arg, s_rows = (rows, rows.stride(0)) if causal != NOT_CAUSAL else (out, 0)
+    uses_rows = causal != NOT_CAUSAL or unread_above
+    if uses_rows and (rows is None or rows.dim() != 2 or rows.dtype != torch.uint8):
+        raise ValueError("grouped_bmm: a causal mode or unread_above needs rows, uint8 [B, T]")
+    rows_arg, s_rows = (rows, rows.stride(0)) if uses_rows else (out, 0)
     args = (x, y, out, rows_arg, M, N, K, J, red, xm, ym, yd, diag, s_rows, *x.stride(), *y.stride(), *out.stride())
-    key = (M, N, K, red, *x.stride()[2:], *y.stride()[2:], causal)  # the autotuner's key
+    key = (M, N, K, red, *x.stride()[2:], *y.stride()[2:], causal, unread_above)  # the autotuner's key
     # one K step without a loop: the store-bound dP (K = 64) gets more resident programs (benchmarks/NOTES.md 39)
     one_step = BLOCK_K.value >= K and red == 1 and causal == NOT_CAUSAL
-    _GROUPED_BMM(key, tile_grid(M, N, B * J), args, {"CAUSAL": causal, "ONE_STEP": one_step}, config=config)
+    flags = {"CAUSAL": causal, "ONE_STEP": one_step, "SKIP_UNREAD": unread_above}
+    _GROUPED_BMM(key, tile_grid(M, N, B * J), args, flags, config=config)
     return out
 
 
@@ -185,12 +198,15 @@ def grouped_matmul_grads(
     *,
     causal_rows: torch.Tensor | None = None,
     causal_c: bool = False,
+    unread_above: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(grad_a, grad_b) of c = a @ b for a [B, H, M, K], b [B, Hkv, K, N] (H a multiple of Hkv), grad_c
     [B, H, M, N], one float dtype; each gradient in its operand's layout (`empty_like`).
 
     causal_rows (bool [B, T]): the T × S matrix — grad_c if causal_c (Q·Kᵀ), else a (P·V) — is 0 above the
-    causal diagonal except in these rows; the zero tiles are skipped (same result)."""
+    causal diagonal except in these rows; the zero tiles are skipped (same result).
+    unread_above (P·V: causal_rows given, not causal_c): grad_a (P's gradient) is left unwritten in the tiles the
+    softmax backward given causal_rows does not read."""
     group = a.shape[1] // b.shape[1]
     rows = None if causal_rows is None else causal_rows.view(torch.uint8)
     ga = gb = None
@@ -198,6 +214,8 @@ def grouped_matmul_grads(
         kw = {"red": 1, "xm": 1, "ym": 1, "yd": group}
         if rows is not None and causal_c:  # X = grad_c [T, S]
             kw |= {"causal": X_LOWER, "rows": rows, "diag": grad_c.shape[-1] - grad_c.shape[-2]}
+        elif rows is not None and unread_above:  # out = grad_a [T, S]
+            kw |= {"unread_above": True, "rows": rows, "diag": a.shape[-1] - a.shape[-2]}
         ga = grouped_bmm(grad_c, b.transpose(-1, -2), torch.empty_like(a), **kw)
     if need_b:  # Σ_g a[b, hkv·G + g]ᵀ · grad_c[b, hkv·G + g]
         gb = torch.empty_like(b)

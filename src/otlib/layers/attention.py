@@ -170,6 +170,9 @@ def optical_attention_forward(
     # Under the causal mask, P and S's gradient are 0 above the diagonal except in fully masked rows: the softmax
     # reads only up to it and the products' backward skips those tiles (benchmarks/NOTES.md 36, 38)
     causal_rows = _causal_rows(query, attention_mask, causal)
+    # the softmax's kernels read causal rows of S and of P's gradient only up to the diagonal: the products may
+    # leave the zero tiles past that unwritten (optical_matmul's zero_above=False; benchmarks/NOTES.md 63, 64)
+    unread_skipped = causal_rows is not None and fused_softmax_applies(query, key.shape[-2], attention_mask)
     scores, s_min, s_max = ops.optical_matmul(
         query,
         key_t,
@@ -181,7 +184,7 @@ def optical_attention_forward(
         calibrate_out=calibrate_qk,
         causal=causal,
         causal_rows=causal_rows,
-        zero_above=not _unread_scores_skipped(query, key, attention_mask, causal_rows),
+        zero_above=not (unread_skipped and _skip_unread_scores()),
     )
     if training and not mase:  # the unscaled accumulator, every step
         state.qk.update_pair(OUT, s_min, s_max)
@@ -216,20 +219,21 @@ def optical_attention_forward(
         calibrate_out=not state.av.is_set(OUT),
         causal_rows=causal_rows,
         heads_last=_heads_last(),  # out.transpose(1, 2) below is then contiguous: no copy
+        zero_above=not (unread_skipped and _skip_unread_grads()),
     )
     if training:
         state.av.update_pair(OUT, o_min, o_max)
     return out.transpose(1, 2).contiguous(), probs
 
 
-def _unread_scores_skipped(query: Tensor, key: Tensor, mask: Tensor | None, causal_rows: Tensor | None) -> bool:
-    """Whether Q·Kᵀ may leave unstored the zero tiles above the diagonal that the softmax does not read: the
-    softmax's kernels run with the same causal_rows (the torch ops would read every score)."""
-    return causal_rows is not None and _skip_unread_scores() and fused_softmax_applies(query, key.shape[-2], mask)
-
-
 def _skip_unread_scores() -> bool:
     """Whether Q·Kᵀ skips storing the scores the softmax does not read (benchmarks/ab_training_step.py's switch)."""
+    return True
+
+
+def _skip_unread_grads() -> bool:
+    """Whether P·V's backward skips forming P's gradient where the softmax does not read it (ab_training_step's
+    switch)."""
     return True
 
 

@@ -94,6 +94,7 @@ def _stackable_groups(a: Tensor, b: Tensor) -> bool:
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0], inputs[1], inputs[9])
     ctx.causal = inputs[8]
+    ctx.zero_above = inputs[11] if len(inputs) > 11 else True
 
 
 def _strided_grads_apply(a: Tensor, b: Tensor, grad_c: Tensor) -> bool:
@@ -122,7 +123,15 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
         from ..kernels.grad_matmul import grouped_matmul_grads
 
         rows = causal_rows if causal_rows is not None and causal_rows.shape == (a.shape[0], a.shape[2]) else None
-        ga, gb = grouped_matmul_grads(a, b, grad_c, *ctx.needs_input_grad[:2], causal_rows=rows, causal_c=ctx.causal)
+        ga, gb = grouped_matmul_grads(
+            a,
+            b,
+            grad_c,
+            *ctx.needs_input_grad[:2],
+            causal_rows=rows,
+            causal_c=ctx.causal,
+            unread_above=not ctx.zero_above,
+        )
         return ga, gb, *(None,) * 10
     dt = grad_c.dtype
     if _stackable_groups(a, b):
@@ -174,10 +183,11 @@ def optical_matmul(
     P·V's forward GEMM the zeros of P; the results are the same.
     heads_last (a [B, H, M, K] and c [B, H, M, N]): c is a view of [B, M, H, N] memory, so that c.transpose(1, 2)
     is contiguous — attention's output in the layout its output projection reads, without a copy. Same values.
-    zero_above=False (causal, with causal_rows; attention's scores): c is 0 above the diagonal only where
-    `scaled_masked_softmax` given the same causal_rows reads it — up to the diagonal rounded up to 16 columns, and
-    the whole of a fully masked row; elsewhere above the diagonal c is left unwritten (any value). The kernels'
-    GEMM then skips storing those zero tiles.
+    zero_above=False (with causal_rows; attention's products, where `scaled_masked_softmax` given the same
+    causal_rows reads the T × S matrices — up to the diagonal rounded up to 16 columns, and the whole of a fully
+    masked row): elsewhere above the diagonal, that matrix is left unwritten (any value). With causal (Q·Kᵀ) it is
+    c, whose zero tiles the GEMM then does not store; without (P·V) a's gradient, dP, whose tiles there the
+    backward's GEMM neither forms nor stores.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """
@@ -201,8 +211,8 @@ def optical_matmul(
     if torch.is_autocast_enabled(a.device.type):  # torch.matmul's autocast rule: both operands to the autocast dtype
         dt = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dt), b.to(dt)
-    if not zero_above and (not causal or causal_rows is None):
-        raise ValueError("optical_matmul: zero_above=False needs causal=True and causal_rows")
+    if not zero_above and causal_rows is None:
+        raise ValueError("optical_matmul: zero_above=False needs causal_rows")
     if heads_last and (a.dim() != 4 or len(_out_shape(a, b)) != 4):
         raise ValueError(
             f"heads_last needs a [B, H, M, K] and a 4-D product, got a {tuple(a.shape)}, b {tuple(b.shape)}"
