@@ -227,8 +227,10 @@ def _optical_gemm_kernel(
     # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = m_ok & n_ok
     # relaxed: nothing reads the two scalars before the kernel ends, so no ordering (fence) is needed
-    tl.atomic_min(min_ptr, tl.min(tl.min(tl.where(valid, val, float("inf")), axis=1), axis=0), sem="relaxed")
-    tl.atomic_max(max_ptr, tl.max(tl.max(tl.where(valid, val, float("-inf")), axis=1), axis=0), sem="relaxed")
+    tile_lo, tile_hi = tl.reduce((tl.where(valid, val, float("inf")), tl.where(valid, val, float("-inf"))), 1, _minmax)
+    tile_lo, tile_hi = tl.reduce((tile_lo, tile_hi), 0, _minmax)
+    tl.atomic_min(min_ptr, tile_lo, sem="relaxed")
+    tl.atomic_max(max_ptr, tile_hi, sem="relaxed")
     # ---- epilogue 3: stochastic read-out at the flat output index, digital bias, store. The tile's first
     # flat index is 64-bit, offsets inside it 32-bit (fewer registers: BLOCK_M · N < 2³¹)
     tile_start = bid.to(tl.int64) * M * N + (pid_m * BLOCK_M).to(tl.int64) * N + pid_n * BLOCK_N
@@ -263,6 +265,12 @@ def _optical_gemm_kernel(
         tl.store(c_tile + rows[:, None] * (H * N) + cols[None, :], cast_for_store(out, c_ptr), mask=stored)
     else:
         tl.store(c_ptr + tile_start + tile_offs, cast_for_store(out, c_ptr), mask=stored)
+
+
+@triton.jit
+def _minmax(lo_a, hi_a, lo_b, hi_b):
+    """Combine (min, max) pairs as tl.min and tl.max do (a NaN loses to a number)."""
+    return tl.minimum(lo_a, lo_b), tl.maximum(hi_a, hi_b)
 
 
 @triton.jit
