@@ -17,6 +17,7 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   heads-first      P·V writes attention's output [B, H, T, D] and the attention copies it to [B, T, H, D] (NOTES.md 61)
   stored-zeros     Q·Kᵀ stores the zero tiles above the diagonal that the softmax does not read (NOTES.md 63)
   stored-dp        P·V's backward forms and stores dP where the softmax backward does not read it (NOTES.md 64)
+  stored-ds        the softmax backward stores dS as zeros where Q·Kᵀ's backward does not read it (NOTES.md 65)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -39,6 +40,7 @@ VARIANTS = (
     "heads-first",
     "stored-zeros",
     "stored-dp",
+    "stored-ds",
     "digital",
 )
 
@@ -63,6 +65,7 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         "heads-first": (attention, "_heads_last", lambda: False),
         "stored-zeros": (attention, "_skip_unread_scores", lambda: False),
         "stored-dp": (attention, "_skip_unread_grads", lambda: False),
+        "stored-ds": (attention, "_skip_unread_ds", lambda: False),
     }.get(name)
     if switch is None:
         yield

@@ -137,9 +137,9 @@ def test_attention_stand_in_takes_the_causal_path_of_a_llama_attention(monkeypat
 def test_ab_variants_switch_one_optimisation_off_and_back():
     """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip), masked-tiles (the GEMM's
     unmasked full tiles), masked-softmax (the softmax's full rows), masked-codes (the encoder's whole blocks),
-    heads-first (attention's output in the projection's layout), stored-zeros (Q·Kᵀ's unread zero tiles) and
-    stored-dp (P·V's unread dP tiles) each turn a kernel path off while their model is built and captured, and
-    back on after."""
+    heads-first (attention's output in the projection's layout), stored-zeros (Q·Kᵀ's unread zero tiles),
+    stored-dp (P·V's unread dP tiles) and stored-ds (the softmax backward's unread dS) each turn a kernel path off
+    while their model is built and captured, and back on after."""
     pytest.importorskip("triton", reason="Triton is not installed")
     from otlib import OpticalLinear
     from otlib.kernels import optical_matmul, quantize, softmax
@@ -175,5 +175,8 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
     with module.variant_setting("stored-dp", model):
         assert not attention._skip_unread_grads()
     assert attention._skip_unread_grads()
+    with module.variant_setting("stored-ds", model):
+        assert not attention._skip_unread_ds()
+    assert attention._skip_unread_ds()
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)

@@ -110,13 +110,25 @@ VARIANTS = [
         a_causal=True,
         heads_last=True,
     ),
+    *(
+        (
+            f"grad GEMM dQ, causal{suffix}",
+            grad_matmul._grouped_bmm_kernel,
+            {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
+            # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
+            {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": x_read}
+            | {"sx_k": 1, "sy_n": 1, "sc_n": 1},
+            GRAD_OPTIONS,
+        )
+        for suffix, x_read in (("", False), (", dS read where written", True))
+    ),
     (
-        "grad GEMM dQ, causal",
+        "grad GEMM dK, causal, dS read where written",
         grad_matmul._grouped_bmm_kernel,
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
-        {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "SKIP_UNREAD": False}
-        | {"sx_k": 1, "sy_n": 1, "sc_n": 1},
+        # dK = Σ_g dSᵀ·Q into dKᵀ: X = dSᵀ (unit stride along M), Q a head-transposed view, dK's transpose
+        {**GRAD_META, "CAUSAL": grad_matmul.X_UPPER_T, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": True}
+        | {"sx_m": 1, "sy_n": 1, "sc_m": 1},
         GRAD_OPTIONS,
     ),
     *(
@@ -125,7 +137,8 @@ VARIANTS = [
             grad_matmul._grouped_bmm_kernel,
             {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
             # dP = dO·Vᵀ: dO and V head-transposed views, dP contiguous
-            {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True, "SKIP_UNREAD": skip, "sx_k": 1, "sy_k": 1, "sc_n": 1},
+            {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True, "SKIP_UNREAD": skip, "X_READ": False}
+            | {"sx_k": 1, "sy_k": 1, "sc_n": 1},
             GRAD_OPTIONS,
         )
         for suffix, skip in (("", False), (", unread tiles skipped", True))
@@ -214,10 +227,14 @@ VARIANTS = [
             f"softmax backward, causal rows{suffix}",
             softmax._softmax_bwd_kernel,
             {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"},
-            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full, "sm_s": 1},
+            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full, "STORE_READ": read, "sm_s": 1},
             {"num_warps": softmax.num_warps_for(1024)},
         )
-        for suffix, full in (("", True), (", rows shorter than the block", False))
+        for suffix, full, read in (
+            ("", True, False),
+            (", rows shorter than the block", False, False),
+            (", dS stored where read", True, True),
+        )
     ),
 ]
 

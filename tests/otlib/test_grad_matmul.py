@@ -211,3 +211,68 @@ def test_op_leaves_dp_unread_only_where_asked(monkeypatch):
     assert seen == [False, True]
     with pytest.raises(ValueError, match="zero_above=False needs causal_rows"):
         optical_matmul(p, v, ranges, rng, levels=256, lut_min=0.02, zero_above=False)
+
+
+@pytest.mark.parametrize("s_len", [140, 203])  # T = S, and S − T not a multiple of 16
+def test_ds_read_only_where_the_softmax_backward_writes_it(s_len, monkeypatch):
+    """unread_above on Q·Kᵀ's backward: the softmax backward (unread_above) leaves dS unwritten past the columns it
+    reads; dQ and dK read dS only there. With that allocation poisoned (NaN), dS is unwritten somewhere, and dQ and
+    dK equal those from the fully written dS bit for bit (fully masked rows included)."""
+    from otlib.kernels.grad_matmul import grouped_matmul_grads
+    from otlib.kernels.softmax import softmax_bwd
+
+    batch, heads, kv_heads, t_len, head_dim = 2, 4, 2, 140, 32
+    full = torch.zeros(batch, t_len, dtype=torch.bool, device=DEVICE)
+    full[1, 3] = full[0, -1] = True
+    allowed = torch.ones(t_len, s_len, dtype=torch.bool, device=DEVICE).tril(s_len - t_len) | full[:, None, :, None]
+    mask = torch.zeros(allowed.shape, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    scores = torch.randn(batch, heads, t_len, s_len, device=DEVICE).bfloat16()
+    grad_p = torch.randn(scores.shape, device=DEVICE).bfloat16()
+    q = torch.randn(batch, heads, t_len, head_dim, device=DEVICE).bfloat16()
+    k_t = torch.randn(batch, kv_heads, s_len, head_dim, device=DEVICE).bfloat16().transpose(-1, -2)
+    dense = softmax_bwd(grad_p, scores, mask, 0.125, causal_rows=full)
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+    partial = softmax_bwd(grad_p, scores, mask, 0.125, causal_rows=full, unread_above=True)
+    monkeypatch.undo()
+    written = ~partial.isnan()
+    assert not bool(written.all()) and torch.equal(partial[written], dense[written])
+    want = grouped_matmul_grads(q, k_t, dense, True, True, causal_rows=full, causal_c=True)
+    got = grouped_matmul_grads(q, k_t, partial, True, True, causal_rows=full, causal_c=True, unread_above=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_op_reads_scores_gradient_only_where_the_softmax_writes_it(monkeypatch):
+    """Q·Kᵀ with zero_above=False: every backward path reads c's gradient only where the softmax backward
+    (unread_above) writes dS — torch's ops (here, the reference path) as the strided kernels — so NaN elsewhere
+    changes nothing; and that region (_softmax_read) is where the softmax backward writes, fully masked rows whole."""
+    from otlib.kernels.softmax import softmax_bwd
+
+    read_region = sys.modules["otlib.ops.optical_matmul"]._softmax_read
+    t_len, s_len = 40, 75
+    rows = torch.zeros(2, t_len, dtype=torch.bool, device=DEVICE)
+    rows[1, 5] = True
+    region = read_region(rows, t_len, s_len).expand(2, 4, t_len, s_len)
+    allowed = torch.ones(t_len, s_len, dtype=torch.bool, device=DEVICE).tril(s_len - t_len) | rows[:, None, :, None]
+    mask = torch.zeros(allowed.shape, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+    scores = torch.randn(region.shape, device=DEVICE)
+    grad_s = softmax_bwd(torch.randn(region.shape, device=DEVICE), scores, mask, 0.125, rows, unread_above=True)
+    monkeypatch.undo()
+    assert torch.equal(~grad_s.isnan(), region)
+
+    q = torch.randn(2, 4, t_len, 16, device=DEVICE).requires_grad_()
+    k_t = torch.randn(2, 2, 16, s_len, device=DEVICE).requires_grad_()
+    ranges = torch.tensor([[-4.0, 4.0], [-4.0, 4.0], [-30.0, 30.0]], device=DEVICE)
+    rng = torch.tensor([1, 2, 3], device=DEVICE)
+    grad_c = torch.randn(region.shape, device=DEVICE)
+    grads = []
+    for zero_above, outside in ((True, 0.0), (False, float("nan"))):
+        c, _, _ = optical_matmul(
+            q, k_t, ranges, rng, levels=256, lut_min=0.02, causal=True, causal_rows=rows, zero_above=zero_above
+        )
+        q.grad = k_t.grad = None
+        c.backward(grad_c.masked_fill(~region, outside))
+        grads.append((q.grad, k_t.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

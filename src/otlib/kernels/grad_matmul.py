@@ -47,7 +47,8 @@ def autotune_configs() -> list[triton.Config]:
 
 
 @triton.autotune(
-    configs=autotune_configs(), key=["M", "N", "K", "RED", "sx_m", "sx_k", "sy_k", "sy_n", "CAUSAL", "SKIP_UNREAD"]
+    configs=autotune_configs(),
+    key=["M", "N", "K", "RED", "sx_m", "sx_k", "sy_k", "sy_n", "CAUSAL", "SKIP_UNREAD", "X_READ"],
 )
 @triton.jit
 def _grouped_bmm_kernel(
@@ -80,6 +81,7 @@ def _grouped_bmm_kernel(
     CAUSAL: tl.constexpr,
     ONE_STEP: tl.constexpr,
     SKIP_UNREAD: tl.constexpr,
+    X_READ: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -110,6 +112,9 @@ def _grouped_bmm_kernel(
         k_hi = tl.where(_any_full(rows, offs_m, M), K, tl.minimum(K, m_last + DIAG + 1))
     if CAUSAL == _X_UPPER_T:  # K tiles wholly left of column pid_m·BLOCK_M − DIAG are 0 but for full rows
         k_lo = tl.maximum(pid_m * BLOCK_M - DIAG, 0) // BLOCK_K * BLOCK_K
+    x_end = K  # X_READ, X_LOWER: where each row of X = dS ends as the softmax backward writes it (_row_end)
+    if X_READ and CAUSAL == _X_LOWER:
+        x_end = _row_end(rows, offs_m, M, K, DIAG)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if ONE_STEP:  # K ≤ BLOCK_K, one product (dP = dO·Vᵀ): no loop, so no pipeline buffers in shared memory
         x_base = x_ptr + batch.to(tl.int64) * sx_b + (j * XM).to(tl.int64) * sx_h + x_tile
@@ -121,9 +126,15 @@ def _grouped_bmm_kernel(
             y_base = y_ptr + batch.to(tl.int64) * sy_b + ((j * YM + g) // YD).to(tl.int64) * sy_h + y_tile
             for k0 in range(0, k_lo, BLOCK_K):  # X_UPPER_T: the zero tiles, in K order, where a full row needs them
                 if _any_full(rows, k0 + offs_k, K):
-                    acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, m_ok, n_ok)
+                    x_ok = m_ok
+                    if X_READ:
+                        x_ok = m_ok & _x_written(rows, offs_m, k0 + offs_k, x_end, M, K, DIAG, CAUSAL)
+                    acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, x_ok, n_ok)
             for k0 in range(k_lo, k_hi, BLOCK_K):
-                acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, m_ok, n_ok)
+                x_ok = m_ok
+                if X_READ:
+                    x_ok = m_ok & _x_written(rows, offs_m, k0 + offs_k, x_end, M, K, DIAG, CAUSAL)
+                acc = _k_step(acc, x_base, y_base, k0, K, sx_k, sy_k, offs_k, x_ok, n_ok)
     c_base = c_ptr + batch.to(tl.int64) * sc_b + j.to(tl.int64) * sc_h
     tl.store(c_base + offs_m[:, None] * sc_m + offs_n[None, :] * sc_n, cast_for_store(acc, c_ptr), mask=m_ok & n_ok)
 
@@ -132,6 +143,25 @@ def _grouped_bmm_kernel(
 def _any_full(rows, offs, limit):
     """Whether any of the rows `offs` (< limit) is a full row."""
     return tl.max(tl.load(rows + offs, mask=offs < limit, other=0).to(tl.int32), axis=0) != 0
+
+
+@triton.jit
+def _row_end(rows, t, T, S, DIAG):
+    """Columns of the T × S rows t that the softmax backward writes: up to the diagonal rounded up to 16, a fully
+    masked row whole (softmax._row_last); a multiple of 16, so masks against it keep the loads vectorised."""
+    full = tl.load(rows + t, mask=t < T, other=0) != 0
+    return tl.where(full, S, ((t + DIAG) // 16 + 1) * 16)
+
+
+@triton.jit
+def _x_written(rows, offs_m, offs_k, x_end, M, K, DIAG, CAUSAL: tl.constexpr):
+    """Where X holds dS as a softmax backward that left the rest unwritten wrote it. X_LOWER: X = dS [T, S], rows
+    ending at x_end; X_UPPER_T: X = dSᵀ [S, T], whose column k is row k of dS."""
+    if CAUSAL == _X_LOWER:
+        written = offs_k[None, :] < x_end
+    else:
+        written = offs_m[:, None] < _row_end(rows, offs_k, K, M, DIAG)[None, :]
+    return written
 
 
 @triton.jit
@@ -163,8 +193,10 @@ def grouped_bmm(
     """out[b, j] = Σ_{g < red} x[b, j·xm + g] @ y[b, (j·ym + g) // yd] for x [B, ·, M, K], y [B, ·, K, N] and
     out [B, J, M, N], all of any strides (out is written in place and returned). causal (a mode above) with rows
     (uint8 [B, T], 1 = full row; any batch stride) and diag (S − T): skip the tiles that mode makes zero.
-    unread_above (with rows and diag; out [T, S]): out's tiles that the softmax backward given these rows does not
-    read — wholly past a row's diagonal rounded up to 16 columns, no fully masked row — are left unwritten.
+    unread_above (with rows and diag): where the softmax backward given these rows reads or writes a T × S matrix —
+    up to a row's diagonal rounded up to 16 columns, a fully masked row whole — and nowhere else. With out [T, S]
+    (dP) and no causal mode, out's tiles wholly past that are left unwritten; with a causal mode (x holds dS), x
+    is read only there (the softmax backward left the rest unwritten).
     config: fixed BLOCK_M/BLOCK_N (+ num_warps, num_stages) instead of autotuning (tests: results must not
     depend on it)."""
     B, J, M, N = out.shape
@@ -181,7 +213,9 @@ def grouped_bmm(
     key = (M, N, K, red, *x.stride()[2:], *y.stride()[2:], causal, unread_above)  # the autotuner's key
     # one K step without a loop: the store-bound dP (K = 64) gets more resident programs (benchmarks/NOTES.md 39)
     one_step = BLOCK_K.value >= K and red == 1 and causal == NOT_CAUSAL
-    flags = {"CAUSAL": causal, "ONE_STEP": one_step, "SKIP_UNREAD": unread_above}
+    causal_x = causal != NOT_CAUSAL
+    flags = {"CAUSAL": causal, "ONE_STEP": one_step, "SKIP_UNREAD": unread_above and not causal_x}
+    flags["X_READ"] = unread_above and causal_x
     _GROUPED_BMM(key, tile_grid(M, N, B * J), args, flags, config=config)
     return out
 
@@ -205,15 +239,17 @@ def grouped_matmul_grads(
 
     causal_rows (bool [B, T]): the T × S matrix — grad_c if causal_c (Q·Kᵀ), else a (P·V) — is 0 above the
     causal diagonal except in these rows; the zero tiles are skipped (same result).
-    unread_above (P·V: causal_rows given, not causal_c): grad_a (P's gradient) is left unwritten in the tiles the
-    softmax backward given causal_rows does not read."""
+    unread_above (with causal_rows): the T × S matrices exist only where the softmax backward given causal_rows
+    reads or writes them. P·V (not causal_c): grad_a (P's gradient) is left unwritten in the tiles it does not read;
+    Q·Kᵀ (causal_c): grad_c (dS) is read only where it wrote it."""
     group = a.shape[1] // b.shape[1]
     rows = None if causal_rows is None else causal_rows.view(torch.uint8)
     ga = gb = None
     if need_a:  # grad_c[b, h] · b[b, h // G]ᵀ
         kw = {"red": 1, "xm": 1, "ym": 1, "yd": group}
         if rows is not None and causal_c:  # X = grad_c [T, S]
-            kw |= {"causal": X_LOWER, "rows": rows, "diag": grad_c.shape[-1] - grad_c.shape[-2]}
+            diag = grad_c.shape[-1] - grad_c.shape[-2]
+            kw |= {"causal": X_LOWER, "rows": rows, "diag": diag, "unread_above": unread_above}
         elif rows is not None and unread_above:  # out = grad_a [T, S]
             kw |= {"unread_above": True, "rows": rows, "diag": a.shape[-1] - a.shape[-2]}
         ga = grouped_bmm(grad_c, b.transpose(-1, -2), torch.empty_like(a), **kw)
@@ -224,7 +260,16 @@ def grouped_matmul_grads(
             grouped_bmm(a.transpose(-1, -2), grad_c, gb, **kw)
         elif causal_c:  # as its transpose Σ_g grad_cᵀ · a, so that X = grad_cᵀ [S, T]
             diag = grad_c.shape[-1] - grad_c.shape[-2]
-            grouped_bmm(grad_c.transpose(-1, -2), a, gb.transpose(-1, -2), **kw, causal=X_UPPER_T, rows=rows, diag=diag)
+            grouped_bmm(
+                grad_c.transpose(-1, -2),
+                a,
+                gb.transpose(-1, -2),
+                **kw,
+                causal=X_UPPER_T,
+                rows=rows,
+                diag=diag,
+                unread_above=unread_above,
+            )
         else:  # X = aᵀ [S, T]
             diag = a.shape[-1] - a.shape[-2]
             grouped_bmm(a.transpose(-1, -2), grad_c, gb, **kw, causal=X_UPPER_T, rows=rows, diag=diag)

@@ -111,8 +111,10 @@ def _fwd_row(
 def _bwd_row(
     g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
     HAS_MASK: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr, FULL_ROW: tl.constexpr,
+    STORE_READ: tl.constexpr,
 ):  # fmt: skip
-    """dS of one row from its first PART columns (those read lie within them); the rest of the row is stored 0."""
+    """dS of one row from its first PART columns (those read lie within them); the rest of the row is stored 0,
+    or with STORE_READ left unwritten past the columns read."""
     cols = tl.arange(0, PART)
     ok = _in_row(cols, S, FULL_ROW)
     read = ok & (cols < last)
@@ -120,8 +122,8 @@ def _bwd_row(
     g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
     gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
     gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
-    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=ok)
-    if PART < BLOCK:
+    tl.store(gs_ptr + row * S + cols, cast_for_store(gx * scaling, gs_ptr), mask=read if STORE_READ else ok)
+    if PART < BLOCK and not STORE_READ:
         _zero_beyond(gs_ptr, row, S, PART, FULL_ROW)
 
 
@@ -191,19 +193,20 @@ def _softmax_bwd_kernel(
     HAS_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     FULL_ROW: tl.constexpr,
+    STORE_READ: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
     args = (g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
     if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
         if last <= BLOCK // 4:
-            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK, FULL_ROW)
+            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK, FULL_ROW, STORE_READ)
         elif last <= BLOCK // 2:
-            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK, FULL_ROW)
+            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK, FULL_ROW, STORE_READ)
         else:
-            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW)
+            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW, STORE_READ)
     else:
-        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW)
+        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW, STORE_READ)
 
 
 def _full_row(S: int, block: int) -> bool:
@@ -276,11 +279,16 @@ def softmax_bwd(
     mask: torch.Tensor | None,
     scaling: float,
     causal_rows: torch.Tensor | None = None,
+    unread_above: bool = False,
 ) -> torch.Tensor:
-    """dS [B, H, T, S] in scores' dtype from dP (contiguous) and the forward's inputs."""
+    """dS [B, H, T, S] in scores' dtype from dP (contiguous) and the forward's inputs. unread_above (with
+    causal_rows): dS is written only in the columns each row reads (up to its diagonal rounded up to 16, a fully
+    masked row whole), not as zeros beyond — for a consumer that reads it only there (Q·Kᵀ's backward)."""
+    if unread_above and causal_rows is None:
+        raise ValueError("softmax_bwd: unread_above needs causal_rows")
     grad_s = torch.empty_like(scores)
     tensors = (grad_p, scores, _or(mask, scores), _or(causal_rows, scores), grad_s)
-    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling)
+    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling, STORE_READ=unread_above)
     return grad_s
 
 

@@ -184,7 +184,7 @@ def optical_attention_forward(
         calibrate_out=calibrate_qk,
         causal=causal,
         causal_rows=causal_rows,
-        zero_above=not (unread_skipped and _skip_unread_scores()),
+        zero_above=not (unread_skipped and _skip_unread_scores()),  # and dS read only where the softmax writes it
     )
     if training and not mase:  # the unscaled accumulator, every step
         state.qk.update_pair(OUT, s_min, s_max)
@@ -199,7 +199,15 @@ def optical_attention_forward(
     # Without dropout, the softmax folds P's range into the attn row itself (its kernel's row statistics: no
     # pass over P); with dropout, the range is observed after it.
     fold_p = state.av.fold_target(A, scores) if training and not (dropout > 0.0) else None
-    probs = ops.scaled_masked_softmax(scores, attention_mask, scaling, p_dtype, fold=fold_p, causal_rows=causal_rows)
+    probs = ops.scaled_masked_softmax(
+        scores,
+        attention_mask,
+        scaling,
+        p_dtype,
+        fold=fold_p,
+        causal_rows=causal_rows,
+        unread_above=unread_skipped and _skip_unread_scores() and _skip_unread_ds(),
+    )
     probs = F.dropout(probs, p=dropout, training=training)
 
     # --- O = Q_stoch(Q_det(P)·LUT(Q_det(V)); av range) --------------------------------------------------
@@ -233,6 +241,12 @@ def _skip_unread_scores() -> bool:
 
 def _skip_unread_grads() -> bool:
     """Whether P·V's backward skips forming P's gradient where the softmax does not read it (ab_training_step's
+    switch)."""
+    return True
+
+
+def _skip_unread_ds() -> bool:
+    """Whether the softmax's backward leaves dS unwritten where Q·Kᵀ's backward does not read it (ab_training_step's
     switch)."""
     return True
 

@@ -114,11 +114,23 @@ def _strided_grads_apply(a: Tensor, b: Tensor, grad_c: Tensor) -> bool:
     )
 
 
+def _softmax_read(causal_rows: Tensor, t_len: int, s_len: int) -> Tensor:
+    """bool [B, 1, T, S]: where the softmax's kernels read a causal T × S matrix — a row up to its diagonal rounded
+    up to 16 columns (kernels/softmax.py's _row_last), a fully masked row whole."""
+    t = torch.arange(t_len, device=causal_rows.device)
+    end = ((t + s_len - t_len).clamp_min(0) // 16 + 1) * 16
+    read = torch.arange(s_len, device=causal_rows.device) < end[:, None]
+    return (read | causal_rows[:, :, None]).unsqueeze(1)
+
+
 def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | None):
     # Straight-through: identity quantizers, so these are torch.matmul's gradients.
     a, b, causal_rows = ctx.saved_tensors
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
         return (None,) * 12
+    if ctx.causal and not ctx.zero_above and not _strided_grads_apply(a, b, grad_c):
+        # dS exists only where the softmax reads S (the strided kernels read it only there): zeros elsewhere
+        grad_c = grad_c.masked_fill(~_softmax_read(causal_rows, grad_c.shape[-2], grad_c.shape[-1]), 0.0)
     if _strided_grads_apply(a, b, grad_c):  # attention's GQA products, read and written in place
         from ..kernels.grad_matmul import grouped_matmul_grads
 
@@ -186,8 +198,9 @@ def optical_matmul(
     zero_above=False (with causal_rows; attention's products, where `scaled_masked_softmax` given the same
     causal_rows reads the T × S matrices — up to the diagonal rounded up to 16 columns, and the whole of a fully
     masked row): elsewhere above the diagonal, that matrix is left unwritten (any value). With causal (Q·Kᵀ) it is
-    c, whose zero tiles the GEMM then does not store; without (P·V) a's gradient, dP, whose tiles there the
-    backward's GEMM neither forms nor stores.
+    c, whose zero tiles the GEMM then does not store, and c's gradient is read only in that region (the softmax's
+    backward may leave the rest unwritten); without (P·V) a's gradient, dP, whose tiles there the backward's GEMM
+    neither forms nor stores.
     Under torch.autocast both operands are first cast to the autocast dtype (as torch.matmul would); the
     quantizers still compute in fp32.
     """

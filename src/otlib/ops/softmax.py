@@ -32,23 +32,25 @@ class _ScaledMaskedSoftmax(torch.autograd.Function):
         dtype: torch.dtype,
         fold: RangeFold | None,
         causal_rows: Tensor | None,
+        unread_above: bool,
     ) -> Tensor:
         from otlib.kernels.softmax import softmax_fwd
 
         ctx.save_for_backward(scores, mask, causal_rows)
         ctx.scaling = scaling
+        ctx.unread_above = unread_above
         p, row_stats = softmax_fwd(scores, mask, scaling, dtype, row_stats=fold is not None, causal_rows=causal_rows)
         if fold is not None:
             minmax_fold(row_stats, fold)  # the rows' (min, max) hold P's min and max
         return p
 
     @staticmethod
-    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None, None, None]:
+    def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None, None, None, None]:
         from otlib.kernels.softmax import softmax_bwd
 
         scores, mask, causal_rows = ctx.saved_tensors
-        grad_s = softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling, causal_rows)
-        return grad_s, None, None, None, None, None
+        grad_s = softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling, causal_rows, ctx.unread_above)
+        return grad_s, None, None, None, None, None, None
 
 
 def fused_softmax(
@@ -58,9 +60,10 @@ def fused_softmax(
     dtype: torch.dtype,
     fold: RangeFold | None = None,
     causal_rows: Tensor | None = None,
+    unread_above: bool = False,
 ) -> Tensor:
     """The kernels' autograd Function (any device the kernels run on: CUDA, or the interpreter in tests)."""
-    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype, fold, causal_rows)
+    return _ScaledMaskedSoftmax.apply(scores.contiguous(), mask, scaling, dtype, fold, causal_rows, unread_above)
 
 
 def fused_softmax_applies(like: Tensor, n_columns: int, mask: Tensor | None) -> bool:
@@ -82,6 +85,7 @@ def scaled_masked_softmax(
     dtype: torch.dtype,
     fold: RangeFold | None = None,
     causal_rows: Tensor | None = None,
+    unread_above: bool = False,
 ) -> Tensor:
     """softmax(scores · scaling + mask, fp32) in `dtype`; scores [B, H, T, S], mask additive [B or 1, 1 or H, T, S].
 
@@ -90,6 +94,8 @@ def scaled_masked_softmax(
     causal_rows (bool [B, T]; attention under a causal mask): the caller's promise that the mask is finfo.min (or
     −inf) above the causal diagonal (column > t + S − T) in every row but these, its fully masked ones. The fused
     kernel then reads the other rows only up to the diagonal: the same values (P is exactly 0 above it).
+    unread_above (with causal_rows): where the kernels run, the scores' gradient is left unwritten past the columns
+    they read (for Q·Kᵀ's backward under optical_matmul's zero_above=False, which reads it only there).
     """
     if causal_rows is not None and (
         scores.dim() != 4
@@ -103,7 +109,7 @@ def scaled_masked_softmax(
             f"{tuple(scores.shape)}, got {causal_rows.dtype} {tuple(causal_rows.shape)}"
         )
     if scores.dim() == 4 and fused_softmax_applies(scores, scores.shape[-1], mask):
-        return fused_softmax(scores, mask, scaling, dtype, fold, causal_rows)
+        return fused_softmax(scores, mask, scaling, dtype, fold, causal_rows, unread_above and causal_rows is not None)
     p = scaled_masked_softmax_reference(scores, mask, scaling, dtype)
     if fold is not None:
         minmax_fold(p, fold)
