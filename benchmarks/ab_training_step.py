@@ -18,6 +18,9 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   stored-zeros     Q·Kᵀ stores the zero tiles above the diagonal that the softmax does not read (NOTES.md 63)
   stored-dp        P·V's backward forms and stores dP where the softmax backward does not read it (NOTES.md 64)
   stored-ds        the softmax backward stores dS as zeros where Q·Kᵀ's backward does not read it (NOTES.md 65)
+  plain-order-pv   the causal P·V GEMM launches its row blocks in grid order, not the longest first (NOTES.md 66)
+  plain-order-dq   dQ = dS·K launches its row blocks in grid order, not the longest first (NOTES.md 66)
+  reduced-norms    the softmax backward reduces each row for its max and sum again, unsaved (NOTES.md 67)
   digital          the digital model (SDPA): a reference point; compare modes in separate processes (NOTES.md 51)
 """
 
@@ -41,6 +44,9 @@ VARIANTS = (
     "stored-zeros",
     "stored-dp",
     "stored-ds",
+    "plain-order-pv",
+    "plain-order-dq",
+    "reduced-norms",
     "digital",
 )
 
@@ -49,8 +55,9 @@ VARIANTS = (
 def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     """`name`'s setting applied to `model` (and, where it is a kernel switch, held while the model is captured)."""
     import otlib
-    from otlib.kernels import optical_matmul, quantize, softmax
+    from otlib.kernels import grad_matmul, optical_matmul, quantize, softmax
     from otlib.layers import attention
+    from otlib.ops import softmax as softmax_op
 
     if name == "unlinked-inputs":
         for layer in model.modules():
@@ -66,6 +73,9 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
         "stored-zeros": (attention, "_skip_unread_scores", lambda: False),
         "stored-dp": (attention, "_skip_unread_grads", lambda: False),
         "stored-ds": (attention, "_skip_unread_ds", lambda: False),
+        "plain-order-pv": (optical_matmul, "_longest_first", lambda: False),
+        "plain-order-dq": (grad_matmul, "_longest_first", lambda: False),
+        "reduced-norms": (softmax_op, "_saved_norms", lambda: False),
     }.get(name)
     if switch is None:
         yield

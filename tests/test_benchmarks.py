@@ -138,11 +138,13 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
     """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip), masked-tiles (the GEMM's
     unmasked full tiles), masked-softmax (the softmax's full rows), masked-codes (the encoder's whole blocks),
     heads-first (attention's output in the projection's layout), stored-zeros (Q·Kᵀ's unread zero tiles),
-    stored-dp (P·V's unread dP tiles) and stored-ds (the softmax backward's unread dS) each turn a kernel path off
+    stored-dp (P·V's unread dP tiles), stored-ds (the softmax backward's unread dS), plain-order-pv/-dq (the
+    longest row blocks first) and reduced-norms (the softmax's saved row max and sum) each turn a kernel path off
     while their model is built and captured, and back on after."""
     pytest.importorskip("triton", reason="Triton is not installed")
     from otlib import OpticalLinear
-    from otlib.kernels import optical_matmul, quantize, softmax
+    from otlib.kernels import grad_matmul, optical_matmul, quantize, softmax
+    from otlib.ops import softmax as softmax_op
 
     module = _load("ab_training_step")
     model = _load("bench_training_step").build_model("60m", "optical", torch.device("cpu"), layers=1)
@@ -178,5 +180,14 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
     with module.variant_setting("stored-ds", model):
         assert not attention._skip_unread_ds()
     assert attention._skip_unread_ds()
+    with module.variant_setting("plain-order-pv", model):
+        assert not optical_matmul._longest_first()
+    assert optical_matmul._longest_first()
+    with module.variant_setting("plain-order-dq", model):
+        assert not grad_matmul._longest_first()
+    assert grad_matmul._longest_first()
+    with module.variant_setting("reduced-norms", model):
+        assert not softmax_op._saved_norms()
+    assert softmax_op._saved_norms()
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)

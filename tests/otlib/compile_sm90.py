@@ -72,7 +72,7 @@ def _gemm(
     first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
     meta = {**(meta or first_meta)}
     meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
-    meta.update(A_CAUSAL=a_causal, EVEN_MN=even, HEADS_LAST=heads_last, SKIP_ABOVE=skip_above)
+    meta.update(A_CAUSAL=a_causal, EVEN_MN=even, HEADS_LAST=heads_last, SKIP_ABOVE=skip_above, LONGEST_FIRST=a_causal)
     pointers = {
         "a_ptr": "*bf16" if a_raw else "*fp16",
         "asum_ptr": "*fp32",
@@ -117,6 +117,7 @@ VARIANTS = [
             {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
             # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
             {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": x_read}
+            | {"LONGEST_FIRST": True}
             | {"sx_k": 1, "sy_n": 1, "sc_n": 1},
             GRAD_OPTIONS,
         )
@@ -128,6 +129,7 @@ VARIANTS = [
         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
         # dK = Σ_g dSᵀ·Q into dKᵀ: X = dSᵀ (unit stride along M), Q a head-transposed view, dK's transpose
         {**GRAD_META, "CAUSAL": grad_matmul.X_UPPER_T, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": True}
+        | {"LONGEST_FIRST": False}
         | {"sx_m": 1, "sy_n": 1, "sc_m": 1},
         GRAD_OPTIONS,
     ),
@@ -138,6 +140,7 @@ VARIANTS = [
             {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
             # dP = dO·Vᵀ: dO and V head-transposed views, dP contiguous
             {**GRAD_META, "CAUSAL": 0, "ONE_STEP": True, "SKIP_UNREAD": skip, "X_READ": False}
+            | {"LONGEST_FIRST": False}
             | {"sx_k": 1, "sy_k": 1, "sc_n": 1},
             GRAD_OPTIONS,
         )
@@ -216,8 +219,10 @@ VARIANTS = [
         (
             f"softmax forward, causal rows + row stats{suffix}",
             softmax._softmax_fwd_kernel,
-            {"s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "p_ptr": "*bf16", "stats_ptr": "*fp32"},
-            {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024, "FULL_ROW": full, "sm_s": 1},
+            {"s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "p_ptr": "*bf16", "stats_ptr": "*fp32"}
+            | {"norms_ptr": "*fp32"},
+            {"HAS_MASK": True, "HAS_ROWS": True, "ROW_STATS": True, "BLOCK": 1024, "FULL_ROW": full, "sm_s": 1}
+            | {"SAVE_NORMS": True},
             {"num_warps": softmax.num_warps_for(1024)},
         )
         for suffix, full in (("", True), (", rows shorter than the block", False))
@@ -226,8 +231,10 @@ VARIANTS = [
         (
             f"softmax backward, causal rows{suffix}",
             softmax._softmax_bwd_kernel,
-            {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"},
-            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full, "STORE_READ": read, "sm_s": 1},
+            {"g_ptr": "*bf16", "s_ptr": "*bf16", "mask_ptr": "*fp32", "rows_ptr": "*i1", "gs_ptr": "*bf16"}
+            | {"norms_ptr": "*fp32"},
+            {"HAS_MASK": True, "HAS_ROWS": True, "BLOCK": 1024, "FULL_ROW": full, "STORE_READ": read, "sm_s": 1}
+            | {"HAS_NORMS": read},
             {"num_warps": softmax.num_warps_for(1024)},
         )
         for suffix, full, read in (

@@ -146,6 +146,38 @@ def test_rows_that_fill_their_block_drop_their_column_masks_with_the_same_bits(t
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("t", "s", "h", "parted_from"),
+    [
+        (37, 37, 3, None),
+        (20, 100, 3, None),
+        pytest.param(1024, 1024, 2, None, marks=ON_GPU),
+        pytest.param(600, 1100, 2, None, marks=ON_GPU),
+        pytest.param(70, 80, 1, 64, marks=ON_CPU),
+    ],
+)
+def test_saved_row_norms_give_the_backward_the_same_bits(dtype, t, s, h, parted_from, monkeypatch):
+    """The forward's saved row max and sum (norms) let the backward form P without reducing each row again: dS
+    equals the reducing backward's bit for bit — with and without causal rows (parted blocks), fully masked rows
+    included — and the forward's P and row statistics do not change."""
+    from otlib.kernels import softmax
+    from otlib.kernels.softmax import new_norms, softmax_bwd, softmax_fwd
+
+    if parted_from is not None:
+        monkeypatch.setattr(softmax, "MIN_PARTED_BLOCK", triton.language.constexpr(parted_from))
+    scores, mask, allowed = _inputs(dtype, h=h, t=t, s=s)
+    full_rows = ~allowed[:, 0].any(-1)
+    grad = torch.randn(scores.shape, device=DEVICE).to(dtype)
+    for rows in (None, full_rows):
+        norms = new_norms(scores)
+        p, stats = softmax_fwd(scores, mask, SCALING, dtype, row_stats=True, causal_rows=rows)
+        p_n, stats_n = softmax_fwd(scores, mask, SCALING, dtype, row_stats=True, causal_rows=rows, norms=norms)
+        assert torch.equal(p_n, p) and torch.equal(stats_n, stats)
+        want = softmax_bwd(grad, scores, mask, SCALING, causal_rows=rows)
+        assert torch.equal(softmax_bwd(grad, scores, mask, SCALING, causal_rows=rows, norms=norms), want)
+
+
 def test_reading_up_to_the_diagonal_reads_nothing_above_it():
     """The rows that are not fully masked never read S beyond the diagonal's group of 16 columns (the kernels round
     the bound up to keep their loads vectorised): NaNs there leave P finite. A mutation check of the skip itself;

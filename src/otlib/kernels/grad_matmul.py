@@ -82,6 +82,7 @@ def _grouped_bmm_kernel(
     ONE_STEP: tl.constexpr,
     SKIP_UNREAD: tl.constexpr,
     X_READ: tl.constexpr,
+    LONGEST_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -90,6 +91,12 @@ def _grouped_bmm_kernel(
     num_n = tl.cdiv(N, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
+    if LONGEST_FIRST:  # X_LOWER: the last row blocks' K loops are the longest; launch them first (as P·V's GEMM)
+        lin = bid * tl.num_programs(0) + pid
+        per_m = tl.num_programs(1) * num_n
+        pid_m = tl.cdiv(M, BLOCK_M) - 1 - lin // per_m
+        bid = lin % per_m // num_n
+        pid_n = lin % num_n
     batch = bid // HOUT
     j = bid % HOUT
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -175,6 +182,11 @@ def _k_step(acc, x_tiles, y_tiles, k0, K, sx_k, sy_k, offs_k, m_ok, n_ok):
     return tl.dot(x, y, acc)
 
 
+def _longest_first() -> bool:
+    """Whether dQ (X_LOWER) launches its longest row blocks first (benchmarks/ab_training_step.py's switch)."""
+    return True
+
+
 def grouped_bmm(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -216,6 +228,7 @@ def grouped_bmm(
     causal_x = causal != NOT_CAUSAL
     flags = {"CAUSAL": causal, "ONE_STEP": one_step, "SKIP_UNREAD": unread_above and not causal_x}
     flags["X_READ"] = unread_above and causal_x
+    flags["LONGEST_FIRST"] = causal == X_LOWER and _longest_first()
     _GROUPED_BMM(key, tile_grid(M, N, B * J), args, flags, config=config)
     return out
 

@@ -36,6 +36,7 @@ from .quantize import operand_codes
 from .utils import (
     EPS_BITS,
     INTERPRET,
+    INTERPRETED,
     TunedLaunch,
     cast_for_store,
     code_params,
@@ -58,6 +59,11 @@ def _even_mn(M: int, N: int, block_m: int, block_n: int) -> bool:
     """Whether every output tile is full: no row or column masks in the loads, the range reduction and the store
     (the selects cost ~4 % of the attention's Q·Kᵀ GEMM, benchmarks/NOTES.md 56)."""
     return M % block_m == 0 and N % block_n == 0
+
+
+def _longest_first() -> bool:
+    """Whether a causal P·V launches its longest row blocks first (benchmarks/ab_training_step.py's switch)."""
+    return True
 
 
 def _philox_tile(N: int) -> bool:
@@ -150,6 +156,7 @@ def _optical_gemm_kernel(
     PHILOX_TILE: tl.constexpr,
     HEADS_LAST: tl.constexpr,
     SKIP_ABOVE: tl.constexpr,
+    LONGEST_FIRST: tl.constexpr,
 ):
     # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
     pid = tl.program_id(0)
@@ -161,6 +168,16 @@ def _optical_gemm_kernel(
     group_size = min(num_m - first_m, GROUP_M)
     pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
     pid_n = (pid % (GROUP_M * num_n)) // group_size
+    if LONGEST_FIRST:
+        # A causal P's K loop ends at its row block's diagonal: the last row blocks take the longest. Blocks launch
+        # in grid order, so in the plain order every head's longest blocks queued behind the first heads' short ones
+        # and ran last (the causal P·V took as long as the full one); here the grid runs them first, all heads'
+        # last row block, then the one before it... The same tiles, so the same values.
+        lin = bid * (num_m * num_n) + pid
+        per_m = tl.num_programs(1) * num_n
+        pid_m = num_m - 1 - lin // per_m
+        bid = lin % per_m // num_n
+        pid_n = lin % num_n
     batch = bid // H
     head = bid % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -227,8 +244,12 @@ def _optical_gemm_kernel(
     # ---- epilogue 2: range observation of the pre-quantization accumulator (order-free: atomics)
     valid = m_ok & n_ok
     # relaxed: nothing reads the two scalars before the kernel ends, so no ordering (fence) is needed
-    tile_lo, tile_hi = tl.reduce((tl.where(valid, val, float("inf")), tl.where(valid, val, float("-inf"))), 1, _minmax)
-    tile_lo, tile_hi = tl.reduce((tile_lo, tile_hi), 0, _minmax)
+    tile_lo, tile_hi = tl.where(valid, val, float("inf")), tl.where(valid, val, float("-inf"))
+    if INTERPRETED:  # the interpreter runs a combine function element by element: plain reductions, same values
+        tile_lo, tile_hi = tl.min(tl.min(tile_lo, axis=1), axis=0), tl.max(tl.max(tile_hi, axis=1), axis=0)
+    else:  # one paired reduction: one cross-warp round trip instead of two (12 → 9 barriers in the causal Q·Kᵀ)
+        tile_lo, tile_hi = tl.reduce((tile_lo, tile_hi), 1, _minmax)
+        tile_lo, tile_hi = tl.reduce((tile_lo, tile_hi), 0, _minmax)
     tl.atomic_min(min_ptr, tile_lo, sem="relaxed")
     tl.atomic_max(max_ptr, tile_hi, sem="relaxed")
     # ---- epilogue 3: stochastic read-out at the flat output index, digital bias, store. The tile's first
@@ -391,7 +412,9 @@ def optical_gemm(
         _config_key(M, N, K, c.dtype, **flags),
         tile_grid(M, N, B * H),
         args,
-        flags | {"HEADS_LAST": heads_last, "SKIP_ABOVE": c_causal_rows is not None},
+        flags
+        | {"HEADS_LAST": heads_last, "SKIP_ABOVE": c_causal_rows is not None}
+        | {"LONGEST_FIRST": a_causal_rows is not None and _longest_first()},
         config=config,
         derived=lambda meta: {
             "EVEN_K": _even_k(K, meta["BLOCK_K"]),

@@ -37,8 +37,8 @@ def _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr):
 
 
 @triton.jit
-def _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr):
-    """fp32 P of one row over the block's columns (0 where not read)."""
+def _logits(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK: tl.constexpr):
+    """fp32 S · scaling + mask of one row over the block's columns (−inf where not read)."""
     x = tl.load(s_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
     x = cast_for_store(x * scaling, s_ptr).to(tl.float32)  # S · scaling in S's dtype, as the torch op
     if HAS_MASK:
@@ -46,9 +46,16 @@ def _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t,
         h = (row // T) % H
         t = row % T
         x = x + tl.load(mask_ptr + b * sm_b + h * sm_h + t * sm_t + cols * sm_s, mask=read, other=0.0)
-    x = tl.where(read, x, float("-inf"))
-    e = tl.exp(x - tl.max(x, axis=0))
-    return e / tl.sum(e, axis=0)
+    return tl.where(read, x, float("-inf"))
+
+
+@triton.jit
+def _probs(x):
+    """(fp32 P, row max, row sum of exp) of one row's logits."""
+    m = tl.max(x, axis=0)
+    e = tl.exp(x - m)
+    total = tl.sum(e, axis=0)
+    return e / total, m, total
 
 
 @triton.jit
@@ -78,14 +85,19 @@ def _nan_minmax(lo_a, hi_a, lo_b, hi_b):
 
 @triton.jit
 def _fwd_row(
-    s_ptr, mask_ptr, p_ptr, stats_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
+    s_ptr, mask_ptr, p_ptr, stats_ptr, norms_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
     HAS_MASK: tl.constexpr, ROW_STATS: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr,
-    FULL_ROW: tl.constexpr,
+    FULL_ROW: tl.constexpr, SAVE_NORMS: tl.constexpr,
 ):  # fmt: skip
-    """P of one row from its first PART columns (those read lie within them); the rest of the row is stored 0."""
+    """P of one row from its first PART columns (those read lie within them); the rest of the row is stored 0.
+    SAVE_NORMS: the row's max and sum of exp too, so that the backward forms the same P without reducing again."""
     cols = tl.arange(0, PART)
     ok = _in_row(cols, S, FULL_ROW)
-    p = _probs(s_ptr, mask_ptr, row, cols, ok & (cols < last), scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    x = _logits(s_ptr, mask_ptr, row, cols, ok & (cols < last), scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    p, m, total = _probs(x)
+    if SAVE_NORMS:
+        tl.store(norms_ptr + 2 * row, m)
+        tl.store(norms_ptr + 2 * row + 1, total)
     stored = cast_for_store(p, p_ptr)
     tl.store(p_ptr + row * S + cols, stored, mask=ok)
     if PART < BLOCK:
@@ -109,16 +121,20 @@ def _fwd_row(
 
 @triton.jit
 def _bwd_row(
-    g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
+    g_ptr, s_ptr, mask_ptr, gs_ptr, norms_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s,
     HAS_MASK: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr, FULL_ROW: tl.constexpr,
-    STORE_READ: tl.constexpr,
+    STORE_READ: tl.constexpr, HAS_NORMS: tl.constexpr,
 ):  # fmt: skip
     """dS of one row from its first PART columns (those read lie within them); the rest of the row is stored 0,
     or with STORE_READ left unwritten past the columns read."""
     cols = tl.arange(0, PART)
     ok = _in_row(cols, S, FULL_ROW)
     read = ok & (cols < last)
-    p = _probs(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    x = _logits(s_ptr, mask_ptr, row, cols, read, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s, HAS_MASK)
+    if HAS_NORMS:  # the forward's row max and sum: the same P, without the two reductions
+        p = tl.exp(x - tl.load(norms_ptr + 2 * row)) / tl.load(norms_ptr + 2 * row + 1)
+    else:
+        p, _, _ = _probs(x)
     g = tl.load(g_ptr + row * S + cols, mask=read, other=0.0).to(tl.float32)
     gx = p * (g - tl.sum(g * p, axis=0))  # softmax backward in fp32
     gx = cast_for_store(gx, gs_ptr).to(tl.float32)  # the mask add hands S · scaling its gradient in S's dtype
@@ -142,6 +158,7 @@ def _softmax_fwd_kernel(
     rows_ptr,
     p_ptr,
     stats_ptr,
+    norms_ptr,
     scaling,
     S,
     T,
@@ -157,19 +174,20 @@ def _softmax_fwd_kernel(
     ROW_STATS: tl.constexpr,
     BLOCK: tl.constexpr,
     FULL_ROW: tl.constexpr,
+    SAVE_NORMS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
-    args = (s_ptr, mask_ptr, p_ptr, stats_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
+    args = (s_ptr, mask_ptr, p_ptr, stats_ptr, norms_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
     if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
         if last <= BLOCK // 4:
-            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 4, BLOCK, FULL_ROW)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 4, BLOCK, FULL_ROW, SAVE_NORMS)
         elif last <= BLOCK // 2:
-            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 2, BLOCK, FULL_ROW)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK // 2, BLOCK, FULL_ROW, SAVE_NORMS)
         else:
-            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK, FULL_ROW)
+            _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK, FULL_ROW, SAVE_NORMS)
     else:
-        _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK, FULL_ROW)
+        _fwd_row(*args, HAS_MASK, ROW_STATS, BLOCK, BLOCK, FULL_ROW, SAVE_NORMS)
 
 
 @triton.jit
@@ -179,6 +197,7 @@ def _softmax_bwd_kernel(
     mask_ptr,
     rows_ptr,
     gs_ptr,
+    norms_ptr,
     scaling,
     S,
     T,
@@ -194,19 +213,20 @@ def _softmax_bwd_kernel(
     BLOCK: tl.constexpr,
     FULL_ROW: tl.constexpr,
     STORE_READ: tl.constexpr,
+    HAS_NORMS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     last = _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS)
-    args = (g_ptr, s_ptr, mask_ptr, gs_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
+    args = (g_ptr, s_ptr, mask_ptr, gs_ptr, norms_ptr, row, last, scaling, S, T, H, sm_b, sm_h, sm_t, sm_s)
     if HAS_ROWS and BLOCK >= MIN_PARTED_BLOCK:
         if last <= BLOCK // 4:
-            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK, FULL_ROW, STORE_READ)
+            _bwd_row(*args, HAS_MASK, BLOCK // 4, BLOCK, FULL_ROW, STORE_READ, HAS_NORMS)
         elif last <= BLOCK // 2:
-            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK, FULL_ROW, STORE_READ)
+            _bwd_row(*args, HAS_MASK, BLOCK // 2, BLOCK, FULL_ROW, STORE_READ, HAS_NORMS)
         else:
-            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW, STORE_READ)
+            _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW, STORE_READ, HAS_NORMS)
     else:
-        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW, STORE_READ)
+        _bwd_row(*args, HAS_MASK, BLOCK, BLOCK, FULL_ROW, STORE_READ, HAS_NORMS)
 
 
 def _full_row(S: int, block: int) -> bool:
@@ -261,16 +281,24 @@ def softmax_fwd(
     dtype: torch.dtype,
     row_stats: bool = False,
     causal_rows: torch.Tensor | None = None,
+    norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """scores [B, H, T, S] contiguous, mask fp32 broadcastable to it or None → (P [B, H, T, S] in `dtype`, and with
     `row_stats` fp32 [B·H·T, 2] of each row's (min, max) as stored: P's range without another pass over P).
     causal_rows: bool broadcastable to [B, T], the rows a causal mask masks fully; the others are read only up to
-    the diagonal (the caller's promise that the mask is causal)."""
+    the diagonal (the caller's promise that the mask is causal).
+    norms: an fp32 [B·H·T, 2] buffer (`new_norms`) that receives each row's max and sum of exp, for softmax_bwd."""
     p = torch.empty(scores.shape, dtype=dtype, device=scores.device)
     stats = torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device) if row_stats else None
-    tensors = (scores, _or(mask, scores), _or(causal_rows, scores), p, stats if row_stats else p)
-    _launch(_softmax_fwd_kernel, tensors, scores, mask, causal_rows, scaling, ROW_STATS=row_stats)
+    tensors = (scores, _or(mask, scores), _or(causal_rows, scores), p, stats if row_stats else p, _or(norms, p))
+    flags = {"ROW_STATS": row_stats, "SAVE_NORMS": norms is not None}
+    _launch(_softmax_fwd_kernel, tensors, scores, mask, causal_rows, scaling, **flags)
     return p, stats
+
+
+def new_norms(scores: torch.Tensor) -> torch.Tensor:
+    """fp32 [rows, 2]: the (max, sum of exp) of each row softmax_fwd fills."""
+    return torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device)
 
 
 def softmax_bwd(
@@ -280,15 +308,19 @@ def softmax_bwd(
     scaling: float,
     causal_rows: torch.Tensor | None = None,
     unread_above: bool = False,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dS [B, H, T, S] in scores' dtype from dP (contiguous) and the forward's inputs. unread_above (with
     causal_rows): dS is written only in the columns each row reads (up to its diagonal rounded up to 16, a fully
-    masked row whole), not as zeros beyond — for a consumer that reads it only there (Q·Kᵀ's backward)."""
+    masked row whole), not as zeros beyond — for a consumer that reads it only there (Q·Kᵀ's backward).
+    norms: the rows' (max, sum of exp) that softmax_fwd saved for these inputs: P is then formed from them (the
+    same P) without reducing the row twice more."""
     if unread_above and causal_rows is None:
         raise ValueError("softmax_bwd: unread_above needs causal_rows")
     grad_s = torch.empty_like(scores)
-    tensors = (grad_p, scores, _or(mask, scores), _or(causal_rows, scores), grad_s)
-    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling, STORE_READ=unread_above)
+    tensors = (grad_p, scores, _or(mask, scores), _or(causal_rows, scores), grad_s, _or(norms, scores))
+    flags = {"STORE_READ": unread_above, "HAS_NORMS": norms is not None}
+    _launch(_softmax_bwd_kernel, tensors, scores, mask, causal_rows, scaling, **flags)
     return grad_s
 
 

@@ -34,12 +34,16 @@ class _ScaledMaskedSoftmax(torch.autograd.Function):
         causal_rows: Tensor | None,
         unread_above: bool,
     ) -> Tensor:
-        from otlib.kernels.softmax import softmax_fwd
+        from otlib.kernels.softmax import new_norms, softmax_fwd
 
-        ctx.save_for_backward(scores, mask, causal_rows)
+        # the rows' max and sum (8 bytes a row): the backward forms the same P without reducing each row twice
+        norms = new_norms(scores) if _saved_norms() else None
+        ctx.save_for_backward(scores, mask, causal_rows, norms)
         ctx.scaling = scaling
         ctx.unread_above = unread_above
-        p, row_stats = softmax_fwd(scores, mask, scaling, dtype, row_stats=fold is not None, causal_rows=causal_rows)
+        p, row_stats = softmax_fwd(
+            scores, mask, scaling, dtype, row_stats=fold is not None, causal_rows=causal_rows, norms=norms
+        )
         if fold is not None:
             minmax_fold(row_stats, fold)  # the rows' (min, max) hold P's min and max
         return p
@@ -48,9 +52,14 @@ class _ScaledMaskedSoftmax(torch.autograd.Function):
     def backward(ctx, grad_p: Tensor) -> tuple[Tensor, None, None, None, None, None, None]:
         from otlib.kernels.softmax import softmax_bwd
 
-        scores, mask, causal_rows = ctx.saved_tensors
-        grad_s = softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling, causal_rows, ctx.unread_above)
+        scores, mask, causal_rows, norms = ctx.saved_tensors
+        grad_s = softmax_bwd(grad_p.contiguous(), scores, mask, ctx.scaling, causal_rows, ctx.unread_above, norms)
         return grad_s, None, None, None, None, None, None
+
+
+def _saved_norms() -> bool:
+    """Whether the forward saves each row's max and sum for the backward (benchmarks/ab_training_step.py's switch)."""
+    return True
 
 
 def fused_softmax(
