@@ -168,26 +168,18 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
     assert quantize._even_blocks(64, 128, 8, 128)
     from otlib.layers import attention
 
-    with module.variant_setting("heads-first", model):
-        assert not attention._heads_last()
-    assert attention._heads_last()
-    with module.variant_setting("stored-zeros", model):
-        assert not attention._skip_unread_scores()
-    assert attention._skip_unread_scores()
-    with module.variant_setting("stored-dp", model):
-        assert not attention._skip_unread_grads()
-    assert attention._skip_unread_grads()
-    with module.variant_setting("stored-ds", model):
-        assert not attention._skip_unread_ds()
-    assert attention._skip_unread_ds()
-    with module.variant_setting("plain-order-pv", model):
-        assert not optical_matmul._longest_first()
-    assert optical_matmul._longest_first()
-    with module.variant_setting("plain-order-dq", model):
-        assert not grad_matmul._longest_first()
-    assert grad_matmul._longest_first()
-    with module.variant_setting("reduced-norms", model):
-        assert not softmax_op._saved_norms()
-    assert softmax_op._saved_norms()
+    switches = {  # variant → the switch it turns off (a function of no arguments, True by default)
+        "heads-first": (attention, "_heads_last"),
+        "stored-zeros": (attention, "_skip_unread_scores"),
+        "stored-dp": (attention, "_skip_unread_grads"),
+        "stored-ds": (attention, "_skip_unread_ds"),
+        "plain-order-pv": (optical_matmul, "_longest_first"),
+        "plain-order-dq": (grad_matmul, "_longest_first"),
+        "reduced-norms": (softmax_op, "_saved_norms"),
+    }
+    for variant, (owner, name) in switches.items():
+        with module.variant_setting(variant, model):
+            assert not getattr(owner, name)(), variant
+        assert getattr(owner, name)(), variant
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)

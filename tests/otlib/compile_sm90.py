@@ -112,26 +112,20 @@ VARIANTS = [
     ),
     *(
         (
-            f"grad GEMM dQ, causal{suffix}",
+            f"grad GEMM {name}",
             grad_matmul._grouped_bmm_kernel,
             {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-            # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
-            {**GRAD_META, "CAUSAL": grad_matmul.X_LOWER, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": x_read}
-            | {"LONGEST_FIRST": True}
-            | {"sx_k": 1, "sy_n": 1, "sc_n": 1},
+            {**GRAD_META, "CAUSAL": causal, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": x_read}
+            | {"LONGEST_FIRST": causal == grad_matmul.X_LOWER, **unit_strides},
             GRAD_OPTIONS,
         )
-        for suffix, x_read in (("", False), (", dS read where written", True))
-    ),
-    (
-        "grad GEMM dK, causal, dS read where written",
-        grad_matmul._grouped_bmm_kernel,
-        {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "rows_ptr": "*i1"},
-        # dK = Σ_g dSᵀ·Q into dKᵀ: X = dSᵀ (unit stride along M), Q a head-transposed view, dK's transpose
-        {**GRAD_META, "CAUSAL": grad_matmul.X_UPPER_T, "ONE_STEP": False, "SKIP_UNREAD": False, "X_READ": True}
-        | {"LONGEST_FIRST": False}
-        | {"sx_m": 1, "sy_n": 1, "sc_m": 1},
-        GRAD_OPTIONS,
+        for name, causal, x_read, unit_strides in (
+            # dQ = dS·K: dS contiguous, K and dQ head-transposed views with unit inner strides
+            ("dQ, causal", grad_matmul.X_LOWER, False, {"sx_k": 1, "sy_n": 1, "sc_n": 1}),
+            ("dQ, causal, dS read where written", grad_matmul.X_LOWER, True, {"sx_k": 1, "sy_n": 1, "sc_n": 1}),
+            # dK = Σ_g dSᵀ·Q into dKᵀ: X = dSᵀ (unit stride along M), Q a head-transposed view
+            ("dK, causal, dS read where written", grad_matmul.X_UPPER_T, True, {"sx_m": 1, "sy_n": 1, "sc_m": 1}),
+        )
     ),
     *(
         (
