@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import INTERPRET, INTERPRETED, TunedLaunch, cast_for_store, tile_grid
+from .utils import INTERPRET, INTERPRETED, TunedLaunch, any_full_row, cast_for_store, read_end, tile_grid
 
 BLOCK_K = tl.constexpr(64)  # one K step for every config: the summation order does not depend on the tile shape
 # CAUSAL modes; "full rows" are the rows r of the T × S matrix that a causal mask leaves fully masked (rows[b, r])
@@ -109,14 +109,15 @@ def _grouped_bmm_kernel(
     # the K range of the dense loop, [k_lo, k_hi): all of K unless a causal mode bounds it
     rows = rows_ptr + batch.to(tl.int64) * s_rows
     m_last = pid_m * BLOCK_M + BLOCK_M - 1
-    if SKIP_UNREAD:  # C [T, S] (dP): a tile wholly past where the softmax backward reads its rows (softmax._row_last)
-        read_end = (m_last + DIAG) // 16 * 16 + 16
-        if (pid_n * BLOCK_N >= read_end) & ~_any_full(rows, offs_m, M):
+    # C [T, S] (dP): a tile wholly past where the softmax backward reads its rows (utils.read_end); nested, as the
+    # outer condition is a constexpr
+    if SKIP_UNREAD:  # noqa: SIM102
+        if (pid_n * BLOCK_N >= read_end(m_last, DIAG)) & ~any_full_row(rows, offs_m, M):
             return
     k_lo = 0
     k_hi = K
     if CAUSAL == _X_LOWER:  # without a full row, this M tile's nonzero columns end at m_last + DIAG
-        k_hi = tl.where(_any_full(rows, offs_m, M), K, tl.minimum(K, m_last + DIAG + 1))
+        k_hi = tl.where(any_full_row(rows, offs_m, M), K, tl.minimum(K, m_last + DIAG + 1))
     if CAUSAL == _X_UPPER_T:  # K tiles wholly left of column pid_m·BLOCK_M − DIAG are 0 but for full rows
         k_lo = tl.maximum(pid_m * BLOCK_M - DIAG, 0) // BLOCK_K * BLOCK_K
     x_end = K  # X_READ, X_LOWER: where each row of X = dS ends as the softmax backward writes it (_row_end)
@@ -132,7 +133,7 @@ def _grouped_bmm_kernel(
             x_base = x_ptr + batch.to(tl.int64) * sx_b + (j * XM + g).to(tl.int64) * sx_h + x_tile
             y_base = y_ptr + batch.to(tl.int64) * sy_b + ((j * YM + g) // YD).to(tl.int64) * sy_h + y_tile
             for k0 in range(0, k_lo, BLOCK_K):  # X_UPPER_T: the zero tiles, in K order, where a full row needs them
-                if _any_full(rows, k0 + offs_k, K):
+                if any_full_row(rows, k0 + offs_k, K):
                     x_ok = m_ok
                     if X_READ:
                         x_ok = m_ok & _x_written(rows, offs_m, k0 + offs_k, x_end, M, K, DIAG, CAUSAL)
@@ -147,17 +148,11 @@ def _grouped_bmm_kernel(
 
 
 @triton.jit
-def _any_full(rows, offs, limit):
-    """Whether any of the rows `offs` (< limit) is a full row."""
-    return tl.max(tl.load(rows + offs, mask=offs < limit, other=0).to(tl.int32), axis=0) != 0
-
-
-@triton.jit
 def _row_end(rows, t, T, S, DIAG):
     """Columns of the T × S rows t that the softmax backward writes: up to the diagonal rounded up to 16, a fully
     masked row whole (softmax._row_last); a multiple of 16, so masks against it keep the loads vectorised."""
     full = tl.load(rows + t, mask=t < T, other=0) != 0
-    return tl.where(full, S, ((t + DIAG) // 16 + 1) * 16)
+    return tl.where(full, S, read_end(t, DIAG))
 
 
 @triton.jit

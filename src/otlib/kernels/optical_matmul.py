@@ -38,6 +38,7 @@ from .utils import (
     INTERPRET,
     INTERPRETED,
     TunedLaunch,
+    any_full_row,
     cast_for_store,
     code_params,
     deterministic_level,
@@ -45,6 +46,7 @@ from .utils import (
     philox_uniform,
     philox_uniform_tile,
     range_params,
+    read_end,
     round_half_even,
     tile_grid,
 )
@@ -210,10 +212,10 @@ def _optical_gemm_kernel(
     sum_a = tl.zeros((BLOCK_M,), dtype=tl.float32)
     k_tiles = tl.cdiv(K, BLOCK_K)
     if A_CAUSAL:  # up to the block's last diagonal, unless one of its rows (rows_ptr: bool [B, M]) is fully masked
-        full = tl.load(rows_ptr + batch.to(tl.int64) * stride_rb + offs_m, mask=offs_m < M, other=0).to(tl.int32)
+        full = any_full_row(rows_ptr + batch.to(tl.int64) * stride_rb, offs_m, M)
         k_end = tl.maximum(tl.minimum(pid_m * BLOCK_M + BLOCK_M + (K - M), K), 0)
         # a 0 is code 0 where a's range starts at ≥ 0 (z = 0; P's always does); below 0, z need not be 0's level
-        skip = (tl.max(full, axis=0) == 0) & (lo_a >= 0.0)
+        skip = ~full & (lo_a >= 0.0)
         k_tiles = tl.where(skip, tl.cdiv(k_end, BLOCK_K), k_tiles)
     for k in range(0, k_tiles):
         k0 = k * BLOCK_K
@@ -266,9 +268,9 @@ def _optical_gemm_kernel(
             if SKIP_ABOVE:
                 # nor the store, past where the softmax reads the block's rows (softmax._row_last: up to the
                 # diagonal rounded up to 16 columns) unless one of them is fully masked (it reads the whole row)
-                full = tl.load(rows_ptr + batch.to(tl.int64) * stride_rb + offs_m, mask=offs_m < M, other=0)
-                read_end = ((pid_m * BLOCK_M + BLOCK_M - 1 + N - M) // 16 + 1) * 16
-                stored = valid & ((pid_n * BLOCK_N < read_end) | (tl.max(full.to(tl.int32), axis=0) > 0))
+                end = read_end(pid_m * BLOCK_M + BLOCK_M - 1, N - M)
+                full = any_full_row(rows_ptr + batch.to(tl.int64) * stride_rb, offs_m, M)
+                stored = valid & ((pid_n * BLOCK_N < end) | full)
         else:
             above = offs_n[None, :] > offs_m[:, None] + (N - M)
             y = _readout_tile(

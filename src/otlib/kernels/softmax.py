@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import INTERPRETED, LAUNCH_OPTS, cast_for_store
+from .utils import INTERPRETED, LAUNCH_OPTS, cast_for_store, read_end
 
 MAX_COLUMNS = 16384  # one row per program, held in registers
 
@@ -29,10 +29,9 @@ def _row_last(rows_ptr, row, S, T, H, rs_b, rs_t, HAS_ROWS: tl.constexpr):
     if HAS_ROWS:
         t = row % T
         full = tl.load(rows_ptr + (row // (H * T)) * rs_b + t * rs_t)
-        # rounded up to a multiple of 16 columns: a bound the compiler knows to be a multiple of 16 keeps the loads
-        # vectorised (a per-column bound made them scalar and the kernels slower than reading the whole row); the
-        # few extra columns are masked ones, P = 0 either way
-        last = tl.where(full, S, ((t + S - T) // 16 + 1) * 16)
+        # rounded up to a multiple of 16 columns (a per-column bound made the loads scalar and the kernels slower
+        # than reading the whole row); the few extra columns are masked ones, P = 0 either way
+        last = tl.where(full, S, read_end(t, S - T))
     return last
 
 

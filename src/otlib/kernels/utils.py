@@ -116,6 +116,21 @@ def tile_grid(M: int, N: int, batch: int):
 
 
 @triton.jit
+def read_end(t, diag):
+    """How far the softmax's kernels read causal row t of a T × S matrix: the columns [0, end), its diagonal
+    t + diag (diag = S − T) rounded up to 16 columns. A bound known to be a multiple of 16 keeps the loads and
+    masks against it vectorised. The products that leave unread tiles unwritten, or read dS only where it was
+    written, use the same bound (a fully masked row is read whole instead)."""
+    return ((t + diag) // 16 + 1) * 16
+
+
+@triton.jit
+def any_full_row(rows, offs, limit):
+    """Whether any of the rows `offs` (< limit) is fully masked (rows: uint8 or bool flags, unit stride)."""
+    return tl.max(tl.load(rows + offs, mask=offs < limit, other=0).to(tl.int32), axis=0) != 0
+
+
+@triton.jit
 def cast_for_store(y, ptr):
     """fp32 values in the element type of `ptr`, rounded to nearest even (as torch's .to()); compiled, the
     conversion itself rounds to nearest even, the interpreter's does not."""

@@ -128,9 +128,6 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     a, b, causal_rows = ctx.saved_tensors
     if grad_c is None:  # c unused (the Function does not materialise zero gradients)
         return (None,) * 12
-    if ctx.causal and not ctx.zero_above and not _strided_grads_apply(a, b, grad_c):
-        # dS exists only where the softmax reads S (the strided kernels read it only there): zeros elsewhere
-        grad_c = grad_c.masked_fill(~_softmax_read(causal_rows, grad_c.shape[-2], grad_c.shape[-1]), 0.0)
     if _strided_grads_apply(a, b, grad_c):  # attention's GQA products, read and written in place
         from ..kernels.grad_matmul import grouped_matmul_grads
 
@@ -145,6 +142,9 @@ def _backward(ctx, grad_c: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
             unread_above=not ctx.zero_above,
         )
         return ga, gb, *(None,) * 10
+    if ctx.causal and not ctx.zero_above:
+        # dS exists only where the softmax reads S (the strided kernels read it only there): zeros elsewhere
+        grad_c = grad_c.masked_fill(~_softmax_read(causal_rows, grad_c.shape[-2], grad_c.shape[-1]), 0.0)
     dt = grad_c.dtype
     if _stackable_groups(a, b):
         # GQA: the G query heads of one K/V head stack along the rows, [..., Hkv, G·M, K], so both gradients are
