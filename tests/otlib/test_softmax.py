@@ -161,7 +161,7 @@ def test_saved_row_norms_give_the_backward_the_same_bits(dtype, t, s, h, parted_
     equals the reducing backward's bit for bit — with and without causal rows (parted blocks), fully masked rows
     included — and the forward's P and row statistics do not change."""
     from otlib.kernels import softmax
-    from otlib.kernels.softmax import new_norms, softmax_bwd, softmax_fwd
+    from otlib.kernels.softmax import new_row_pairs, softmax_bwd, softmax_fwd
 
     if parted_from is not None:
         monkeypatch.setattr(softmax, "MIN_PARTED_BLOCK", triton.language.constexpr(parted_from))
@@ -169,7 +169,7 @@ def test_saved_row_norms_give_the_backward_the_same_bits(dtype, t, s, h, parted_
     full_rows = ~allowed[:, 0].any(-1)
     grad = torch.randn(scores.shape, device=DEVICE).to(dtype)
     for rows in (None, full_rows):
-        norms = new_norms(scores)
+        norms = new_row_pairs(scores)
         p, stats = softmax_fwd(scores, mask, SCALING, dtype, row_stats=True, causal_rows=rows)
         p_n, stats_n = softmax_fwd(scores, mask, SCALING, dtype, row_stats=True, causal_rows=rows, norms=norms)
         assert torch.equal(p_n, p) and torch.equal(stats_n, stats)

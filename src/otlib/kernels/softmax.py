@@ -286,17 +286,17 @@ def softmax_fwd(
     `row_stats` fp32 [B·H·T, 2] of each row's (min, max) as stored: P's range without another pass over P).
     causal_rows: bool broadcastable to [B, T], the rows a causal mask masks fully; the others are read only up to
     the diagonal (the caller's promise that the mask is causal).
-    norms: an fp32 [B·H·T, 2] buffer (`new_norms`) that receives each row's max and sum of exp, for softmax_bwd."""
+    norms: an fp32 [B·H·T, 2] buffer (`new_row_pairs`) that receives each row's max and sum of exp, for softmax_bwd."""
     p = torch.empty(scores.shape, dtype=dtype, device=scores.device)
-    stats = torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device) if row_stats else None
+    stats = new_row_pairs(scores) if row_stats else None
     tensors = (scores, _or(mask, scores), _or(causal_rows, scores), p, stats if row_stats else p, _or(norms, p))
     flags = {"ROW_STATS": row_stats, "SAVE_NORMS": norms is not None}
     _launch(_softmax_fwd_kernel, tensors, scores, mask, causal_rows, scaling, **flags)
     return p, stats
 
 
-def new_norms(scores: torch.Tensor) -> torch.Tensor:
-    """fp32 [rows, 2]: the (max, sum of exp) of each row softmax_fwd fills."""
+def new_row_pairs(scores: torch.Tensor) -> torch.Tensor:
+    """fp32 [rows, 2], a pair per row of scores: softmax_fwd's row statistics, or the norms it saves."""
     return torch.empty(scores.numel() // max(scores.shape[-1], 1), 2, device=scores.device)
 
 

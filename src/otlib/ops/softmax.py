@@ -34,10 +34,10 @@ class _ScaledMaskedSoftmax(torch.autograd.Function):
         causal_rows: Tensor | None,
         unread_above: bool,
     ) -> Tensor:
-        from otlib.kernels.softmax import new_norms, softmax_fwd
+        from otlib.kernels.softmax import new_row_pairs, softmax_fwd
 
         # the rows' max and sum (8 bytes a row): the backward forms the same P without reducing each row twice
-        norms = new_norms(scores) if _saved_norms() else None
+        norms = new_row_pairs(scores) if _saved_norms() else None
         ctx.save_for_backward(scores, mask, causal_rows, norms)
         ctx.scaling = scaling
         ctx.unread_above = unread_above
