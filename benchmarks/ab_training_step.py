@@ -10,6 +10,7 @@ turn. Table: per variant, the median of its round medians, the range of the roun
 the first variant. Variants (each turns one optimisation off; "default" is the code as it is):
   default          the model as built
   unlinked-inputs  q/k/v and gate/up observe and encode their common input each (no SharedInput; NOTES.md 48)
+  per-layer-weights each linear folds and encodes its weight in its own call (no WeightBank; NOTES.md 70)
   full-pv          P·V's K loop runs over the whole of a causal P (no skip past the diagonal; NOTES.md 53)
   masked-tiles     the level-code GEMM masks rows and columns of full output tiles too (no EVEN_MN; NOTES.md 56)
   masked-softmax   the softmax kernels mask the columns of rows that fill their block too (no FULL_ROW; NOTES.md 57)
@@ -36,6 +37,7 @@ from report import emit, require_cuda  # benchmarks/report.py (scripts run from 
 VARIANTS = (
     "default",
     "unlinked-inputs",
+    "per-layer-weights",
     "full-pv",
     "masked-tiles",
     "masked-softmax",
@@ -59,10 +61,13 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     from otlib.layers import attention
     from otlib.ops import softmax as softmax_op
 
-    if name == "unlinked-inputs":
+    if name in ("unlinked-inputs", "per-layer-weights"):
         for layer in model.modules():
             if isinstance(layer, otlib.OpticalLinear):
-                layer.shared_input = None
+                if name == "unlinked-inputs":
+                    layer.shared_input = None
+                else:
+                    layer.weight_bank = None
     # kernel switches: a module function replaced while the model is built and captured
     switch = {
         "full-pv": (optical_matmul, "_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop

@@ -135,7 +135,7 @@ def test_attention_stand_in_takes_the_causal_path_of_a_llama_attention(monkeypat
 
 
 def test_ab_variants_switch_one_optimisation_off_and_back():
-    """unlinked-inputs leaves no layer sharing its input; full-pv (the causal P·V skip), masked-tiles (the GEMM's
+    """unlinked-inputs leaves no layer sharing its input, per-layer-weights none in the weight bank; full-pv (the causal P·V skip), masked-tiles (the GEMM's
     unmasked full tiles), masked-softmax (the softmax's full rows), masked-codes (the encoder's whole blocks),
     heads-first (attention's output in the projection's layout), stored-zeros (Q·Kᵀ's unread zero tiles),
     stored-dp (P·V's unread dP tiles), stored-ds (the softmax backward's unread dS), plain-order-pv/-dq (the
@@ -183,3 +183,6 @@ def test_ab_variants_switch_one_optimisation_off_and_back():
         assert getattr(owner, name)(), variant
     with module.variant_setting("unlinked-inputs", model):
         assert all(m.shared_input is None for m in linears)
+    assert all(m.weight_bank is not None for m in linears)
+    with module.variant_setting("per-layer-weights", model):
+        assert all(m.weight_bank is None for m in linears)

@@ -6,7 +6,8 @@
   submodule is attached and the model's attention implementation is set to "optical".
 Each optical product gets its own Philox stream id, in module order, so no two products of a
 model draw the same dither. Linears that read one tensor (`SHARED_INPUTS`: q/k/v, gate/up) are
-linked by a `SharedInput`: their input is observed and encoded once (the same values). With
+linked by a `SharedInput`: their input is observed and encoded once (the same values). A `WeightBank` folds
+and encodes every weight at the start of each training forward of the model (the same values). With
 `use_lora = true` the optical linears get adapters and only the adapters stay trainable (base
 weights, embeddings, norms and the LM head are frozen).
 
@@ -30,7 +31,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention
 from transformers.utils import logging as hf_logging
 
 from otlib.config import TransformConfig, config_to_toml, load_config
-from otlib.layers import ATTENTION_NAME, STATE_ATTR, OpticalAttentionState, OpticalLinear, SharedInput
+from otlib.layers import ATTENTION_NAME, STATE_ATTR, OpticalAttentionState, OpticalLinear, SharedInput, WeightBank
 
 CONFIG_FILE = "otlib.toml"  # the TransformConfig saved next to the weights
 # sibling linears that read the same tensor in Llama-family blocks (attention's q/k/v, the MLP's gate/up); the
@@ -77,6 +78,7 @@ def transform(model: nn.Module, config: TransformConfig | str | os.PathLike[str]
             replaced.append(name)
 
     _link_shared_inputs(model)
+    _link_weight_bank(model)
     if not config.attention.q_bypass:
         if not any(isinstance(m, OpticalAttentionState) for m in model.modules()):
             raise ValueError(
@@ -107,6 +109,17 @@ def _link_shared_inputs(model: nn.Module) -> None:
                 share = SharedInput(len(layers))
                 for layer in layers:
                     layer.shared_input = share
+
+
+def _link_weight_bank(model: nn.Module) -> None:
+    """One WeightBank of the model's OpticalLinears, refreshed by a forward pre-hook of the model."""
+    layers = [m for m in model.modules() if isinstance(m, OpticalLinear)]
+    if not layers:
+        return
+    bank = WeightBank(layers)
+    for layer in layers:
+        layer.weight_bank = bank
+    model.register_forward_pre_hook(bank.pre_forward)
 
 
 def save_optical(

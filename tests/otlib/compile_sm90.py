@@ -203,6 +203,34 @@ VARIANTS = [
         for name, two in (("range fold, two operands + counter", True), ("range fold, one + counter + row copy", False))
     ),
     (
+        "range counter + row copy",
+        ranges._count_and_copy_kernel,
+        {"counter_ptr": "*i64", "copy_from": "*fp32", "copy_to": "*fp32"},
+        {"COUNT": True, "COPY": True},
+        {"num_warps": 1},
+    ),
+    (
+        "range fold of many weights",
+        ranges._minmax_fold_many_kernel,
+        {"plan_ptr": "*i32", "table_ptr": "*i64", "like_ptr": "*fp32"},
+        {"BLOCK": ranges.BLOCK, "ALIGNED": True},
+        {"num_warps": 8},
+    ),
+    (
+        "encoder of many weights, LUT",
+        quantize._weight_codes_kernel,
+        {"plan_ptr": "*i32", "table_ptr": "*i64", "like_ptr": "*fp32", "codes_ptr": "*fp16", "sums_ptr": "*fp32"},
+        {"LUT": True, "BLOCK_R": quantize._CODES_BLOCK_R, "BLOCK_C": quantize._CODES_BLOCK_C, "EVEN": True},
+        {"num_warps": 4},
+    ),
+    (
+        "GEMM range reset",
+        optical_matmul._reset_minmax_kernel,
+        {"min_ptr": "*fp32", "max_ptr": "*fp32"},
+        {},
+        {"num_warps": 1},
+    ),
+    (
         "range pair fold",
         ranges._fold_pair_kernel,
         {"lo_ptr": "*fp32", "hi_ptr": "*fp32", "row_ptr": "*fp32"},

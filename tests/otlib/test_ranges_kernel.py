@@ -244,3 +244,25 @@ def test_tracker_copies_a_sibling_row_in_the_fold_launch(monkeypatch):
         assert_equal_verbose(follower.bounds[1], expected)
     # with kernels: the two leader folds and the two follower folds launched, the copy in the follower's
     assert [kw.get("copy") is not None for kw in launches] == [False, True, False, True]
+
+
+def test_tracker_counts_and_copies_without_operands(monkeypatch):
+    """observe({}, counter, copy_from) — a follower whose weight the model's WeightBank folded — advances the counter
+    and copies the sibling's row in one launch of its own (kernels forced on, interpreted on CPU), as the torch path."""
+    import otlib.kernels.ranges as kernel_module
+    import otlib.layers.ranges as ranges_module
+    from otlib.layers import RangeTracker
+
+    launches = []
+    launch = kernel_module.count_and_copy_
+    monkeypatch.setattr(kernel_module, "count_and_copy_", lambda *a: launches.append(a) or launch(*a))
+    for kernels in (True, False):
+        monkeypatch.setattr(ranges_module, "use_kernels", lambda t, levels=2, on=kernels: on)
+        leader, follower = (RangeTracker(("x", "w", "out"), BETA, device=DEVICE) for _ in range(2))
+        rng = torch.tensor([0, 5, 9], device=DEVICE)
+        for step in range(2):
+            leader.observe({0: torch.randn(6, 10, device=DEVICE) * (step + 2)}, training=True)
+            follower.observe({}, training=True, counter=rng[1:2], copy_from=(0, leader.bounds))
+            assert_equal_verbose(follower.bounds, torch.cat([leader.bounds[:1], torch.zeros(2, 2, device=DEVICE)]))
+        assert follower._initialised_host == [True, False, False] and rng.tolist() == [0, 7, 9]
+    assert len(launches) == 2  # with kernels: one launch a call

@@ -37,6 +37,7 @@ from .utils import (
     EPS_BITS,
     INTERPRET,
     INTERPRETED,
+    LAUNCH_OPTS,
     TunedLaunch,
     any_full_row,
     cast_for_store,
@@ -492,6 +493,17 @@ def _unit_stride_rows(causal_rows: torch.Tensor | None) -> torch.Tensor | None:
 def new_minmax(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Two fp32 0-d tensors for the accumulator range (separate: custom-op outputs must not alias)."""
     return torch.empty((), device=device), torch.empty((), device=device)
+
+
+@triton.jit
+def _reset_minmax_kernel(min_ptr, max_ptr):
+    tl.store(min_ptr, float("inf"))
+    tl.store(max_ptr, float("-inf"))
+
+
+def reset_minmax(minmax: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Set the GEMM's range scalars to (+inf, −inf) in one launch (where no encoder launch before it does)."""
+    _reset_minmax_kernel[(1,)](*minmax, num_warps=1, **LAUNCH_OPTS)
 
 
 def optical_matmul_fwd(

@@ -187,19 +187,32 @@ def _operand_codes_kernel(
         first = (pid_r == 0) & (g == 0)
         tl.store(min_ptr, float("inf"), mask=first)
         tl.store(max_ptr, float("-inf"), mask=first)
-    lo, hi, div, width = range_params(ranges_ptr, row, eps_bits)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    b = g // H
+    x_head = x_ptr + b.to(tl.int64) * stride_b + (g - b * H).to(tl.int64) * stride_h
+    _encode_rows(
+        x_head, stride_r, stride_c, codes_ptr + g.to(tl.int64) * R * C, sums_ptr + g.to(tl.int64) * R, offs_r, R, C,
+        ranges_ptr + 2 * row, lam_bits, eps_bits, n_f, LUT, BLOCK_R, BLOCK_C, EVEN,
+    )  # fmt: skip
+
+
+@triton.jit
+def _encode_rows(
+    x_ptr, stride_r, stride_c, codes_ptr, sums_ptr, offs_r, R, C, range_ptr, lam_bits, eps_bits, n_f,
+    LUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EVEN: tl.constexpr,
+):  # fmt: skip
+    """Rows offs_r of one [R, C] operand at x_ptr (strides stride_r, stride_c) → fp16 codes at codes_ptr ([R, C]
+    contiguous) and fp32 row sums at sums_ptr, with the (lo, hi) at range_ptr."""
+    lo, hi, div, width = range_params(range_ptr, 0, eps_bits)
     s, z, c = code_params(lo, width, n_f)
     if LUT:
         pos, neg = lut_floors(lo, hi, lam_bits)
         code_pos, code_neg = lut_codes(pos, neg, s, c)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < R
     if EVEN:  # whole blocks of rows and columns: constant masks, which the compiler drops
         row_ok = tl.full((BLOCK_R,), True, tl.int1)
-    b = g // H
-    x_head = x_ptr + b.to(tl.int64) * stride_b + (g - b * H).to(tl.int64) * stride_h
-    x_rows = x_head + offs_r[:, None].to(tl.int64) * stride_r
-    out_rows = (g.to(tl.int64) * R + offs_r[:, None].to(tl.int64)) * C
+    x_rows = x_ptr + offs_r[:, None].to(tl.int64) * stride_r
+    out_rows = offs_r[:, None].to(tl.int64) * C
     code_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -215,7 +228,7 @@ def _operand_codes_kernel(
         code = cast_for_store(tl.where(m, code, 0.0), codes_ptr)
         tl.store(codes_ptr + out_rows + offs_c[None, :], code, mask=m)
         code_sum += tl.sum(code.to(tl.float32), axis=1)
-    tl.store(sums_ptr + g.to(tl.int64) * R + offs_r, code_sum, mask=row_ok)
+    tl.store(sums_ptr + offs_r, code_sum, mask=row_ok)
 
 
 def operand_codes(
@@ -267,3 +280,80 @@ def operand_codes(
         **LAUNCH_OPTS,
     )
     return codes, sums
+
+
+@triton.jit
+def _weight_codes_kernel(
+    plan_ptr, table_ptr, like_ptr, codes_ptr, sums_ptr, lam_bits, eps_bits, n_f,
+    LUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EVEN: tl.constexpr,
+):  # fmt: skip
+    """Many contiguous [R, C] operands of like_ptr's dtype encoded in one launch (weight_codes_). Program p takes
+    (operand i, its row block b) from plan_ptr[2p : 2p + 2]; operand i's int64 entry in table_ptr is (its offset
+    from like_ptr in elements, R, C, address of its fp32 (lo, hi), offset of its codes in codes_ptr, offset of its
+    sums in sums_ptr). Offsets from a pointer argument rather than addresses: the compiler knows the argument's
+    alignment, so the loads vectorise."""
+    pid = tl.program_id(0)
+    entry = table_ptr + 6 * tl.load(plan_ptr + 2 * pid).to(tl.int64)
+    offs_r = tl.load(plan_ptr + 2 * pid + 1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offset, C, codes_offset = tl.load(entry), tl.load(entry + 2), tl.load(entry + 4)
+    if EVEN:  # 16-byte aligned operands and whole blocks (C a multiple of BLOCK_C): 16-byte loads and stores
+        offset, C, codes_offset = tl.multiple_of(offset, 16), tl.multiple_of(C, 16), tl.multiple_of(codes_offset, 16)
+    _encode_rows(
+        like_ptr + offset, C, 1, codes_ptr + codes_offset,
+        sums_ptr + tl.load(entry + 5), offs_r, tl.load(entry + 1), C,
+        tl.load(entry + 3).to(tl.pointer_type(tl.float32)), lam_bits, eps_bits, n_f, LUT, BLOCK_R, BLOCK_C, EVEN,
+    )  # fmt: skip
+
+
+def weight_codes_(
+    plan: torch.Tensor,
+    table: torch.Tensor,
+    like: torch.Tensor,
+    codes: torch.Tensor,
+    sums: torch.Tensor,
+    n: int,
+    *,
+    lut_min: float | None,
+    even: bool,
+) -> None:
+    """operand_codes of many contiguous [R, C] operands of `like`'s dtype in one launch, each with its own range,
+    into slices of the flat `codes` (fp16) and `sums` (fp32): `table` int64 [T, 6] (offset from `like` in elements,
+    R, C, range address, codes offset, sums offset) per operand, `plan` int32 [P, 2] (operand, row block of `weight_codes_rows()`
+    rows) per program. even: every R and C a multiple of the blocks and every operand 16-byte aligned (the masks
+    are then dropped, loads and stores vectorised)."""
+    _weight_codes_kernel[(plan.shape[0],)](
+        plan,
+        table,
+        like,
+        codes,
+        sums,
+        f64_bits(lut_min or 0.0),
+        EPS_BITS,
+        float(n),
+        LUT=lut_min is not None,
+        BLOCK_R=_CODES_BLOCK_R,
+        BLOCK_C=_CODES_BLOCK_C,
+        EVEN=even,
+        num_warps=4,
+        **LAUNCH_OPTS,
+    )
+
+
+def weight_codes_rows() -> int:
+    """Rows per program of weight_codes_."""
+    return _CODES_BLOCK_R
+
+
+def weight_codes_even(operands: list[torch.Tensor]) -> bool:
+    """weight_codes_'s `even` for these operands (the first is `like`)."""
+    return all(
+        _even_blocks(*w.shape, _CODES_BLOCK_R, _CODES_BLOCK_C) and w.data_ptr() % 16 == 0 for w in operands
+    )  # fmt: skip
+
+
+def element_offset(t: torch.Tensor, like: torch.Tensor) -> int:
+    """t's first element as an offset from like's, in elements of their common dtype."""
+    difference = t.data_ptr() - like.data_ptr()
+    if t.dtype != like.dtype or difference % t.element_size():
+        raise ValueError("element_offset: tensors of one dtype at element-aligned addresses")
+    return difference // t.element_size()

@@ -89,6 +89,23 @@ def _fold_share(x_ptr, numel, pid, programs, row_ptr, scratch_ptr, ticket_ptr, b
 
 
 @triton.jit
+def _count_and_copy(pid, counter_ptr, copy_from, copy_to, COUNT: tl.constexpr, COPY: tl.constexpr):
+    """In program 0: with COUNT, the int64 call counter advanced by one; with COPY, the fp32 pair at copy_from
+    (written by an earlier launch) copied to copy_to."""
+    if COUNT:
+        tl.store(counter_ptr, tl.load(counter_ptr, mask=pid == 0, other=0) + 1, mask=pid == 0)
+    if COPY:
+        pair = tl.arange(0, 2)
+        first_program = (pair < 2) & (pid == 0)
+        tl.store(copy_to + pair, tl.load(copy_from + pair, mask=first_program), mask=first_program)
+
+
+@triton.jit
+def _count_and_copy_kernel(counter_ptr, copy_from, copy_to, COUNT: tl.constexpr, COPY: tl.constexpr):
+    _count_and_copy(tl.program_id(0), counter_ptr, copy_from, copy_to, COUNT, COPY)
+
+
+@triton.jit
 def _minmax_fold_kernel(
     x_ptr,
     numel_x,
@@ -117,12 +134,7 @@ def _minmax_fold_kernel(
     0 also advances the int64 call counter by one (the op's Philox counter, read only by later launches); with
     COPY, it copies the fp32 pair at copy_from (written by an earlier launch) to copy_to."""
     pid = tl.program_id(0)
-    if COUNT:
-        tl.store(counter_ptr, tl.load(counter_ptr, mask=pid == 0, other=0) + 1, mask=pid == 0)
-    if COPY:
-        pair = tl.arange(0, 2)
-        first_program = (pair < 2) & (pid == 0)
-        tl.store(copy_to + pair, tl.load(copy_from + pair, mask=first_program), mask=first_program)
+    _count_and_copy(pid, counter_ptr, copy_from, copy_to, COUNT, COPY)
     if TWO:
         if pid >= programs_x:
             _fold_share(
@@ -133,6 +145,27 @@ def _minmax_fold_kernel(
             _fold_share(x_ptr, numel_x, pid, programs_x, row_x, scratch_x, ticket_x, beta, alpha, first_x, BLOCK)
     else:
         _fold_share(x_ptr, numel_x, pid, programs_x, row_x, scratch_x, ticket_x, beta, alpha, first_x, BLOCK)
+
+
+@triton.jit
+def _minmax_fold_many_kernel(plan_ptr, table_ptr, like_ptr, beta, alpha, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """Many tensors of like_ptr's dtype, each folded into its own row, one launch (minmax_fold_many_). Program p
+    takes (tensor i, share j of its n shares) from plan_ptr[3p : 3p + 3]; tensor i's int64 entry in table_ptr is
+    (offset from like_ptr in elements, numel, row, scratch, ticket, initialised flag): the row's device flag (bool)
+    says whether it is set. ALIGNED: every offset and numel a multiple of 16 (16-byte loads)."""
+    pid = tl.program_id(0)
+    tensor = tl.load(plan_ptr + 3 * pid).to(tl.int64)
+    share = tl.load(plan_ptr + 3 * pid + 1)
+    shares = tl.load(plan_ptr + 3 * pid + 2)
+    entry = table_ptr + 6 * tensor
+    offset, numel = tl.load(entry), tl.load(entry + 1)
+    if ALIGNED:
+        offset, numel = tl.multiple_of(offset, 16), tl.multiple_of(numel, 16)
+    row_ptr = tl.load(entry + 2).to(tl.pointer_type(tl.float32))
+    scratch_ptr = tl.load(entry + 3).to(tl.pointer_type(tl.float32))
+    ticket_ptr = tl.load(entry + 4).to(tl.pointer_type(tl.int32))
+    first = (tl.load(tl.load(entry + 5).to(tl.pointer_type(tl.int8))) == 0).to(tl.int32)
+    _fold_share(like_ptr + offset, numel, share, shares, row_ptr, scratch_ptr, ticket_ptr, beta, alpha, first, BLOCK)
 
 
 @triton.jit
@@ -215,6 +248,43 @@ def minmax_fold_(
         COPY=copy is not None,
         BLOCK=BLOCK,
         num_warps=8,
+        **LAUNCH_OPTS,
+    )
+
+
+def minmax_fold_many_(
+    plan: torch.Tensor, table: torch.Tensor, like: torch.Tensor, beta: float, *, aligned: bool
+) -> None:
+    """minmax_fold_ of many tensors of `like`'s dtype, each into its own row, in one launch: `table` int64 [T, 6]
+    (offset from `like` in elements, numel, row, scratch, ticket, initialised flag) per tensor — contiguous
+    tensors, fp32 [2] row and scratch, int32 [2] ticket, the row's bool `initialised` element (set: the EMA;
+    unset: the batch range) — and `plan` int32 [P, 3] (tensor, share, shares) per program (`fold_plan`).
+    aligned: every offset and numel a multiple of 16."""
+    _minmax_fold_many_kernel[(plan.shape[0],)](
+        plan, table, like, _fp32(beta), _fp32(1.0 - beta), BLOCK=BLOCK, ALIGNED=aligned, num_warps=8, **LAUNCH_OPTS
+    )
+
+
+def fold_plan(numels: list[int], device: torch.device) -> list[tuple[int, int, int]]:
+    """minmax_fold_many_'s programs for tensors of these sizes: (tensor, share, shares), shares in proportion to
+    the sizes, about `_max_programs` in all, at least one a tensor."""
+    target, total = _max_programs(device), sum(numels)
+    plan = []
+    for i, numel in enumerate(numels):
+        shares = max(1, min(triton.cdiv(numel, BLOCK), round(target * numel / total)))
+        plan += [(i, j, shares) for j in range(shares)]
+    return plan
+
+
+def count_and_copy_(counter: torch.Tensor | None, copy: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """minmax_fold_'s `counter` and `copy` without a tensor to fold: one launch of one program."""
+    counter_or_any = counter if counter is not None else copy[0]
+    _count_and_copy_kernel[(1,)](
+        counter_or_any,
+        *(copy if copy is not None else (counter_or_any, counter_or_any)),
+        COUNT=counter is not None,
+        COPY=copy is not None,
+        num_warps=1,
         **LAUNCH_OPTS,
     )
 

@@ -12,7 +12,7 @@ from otlib.layers.attention import (
     optical_mask,
     register_optical_attention,
 )
-from otlib.layers.linear import OpticalLinear, SharedInput
+from otlib.layers.linear import OpticalLinear, SharedInput, WeightBank
 from otlib.layers.ranges import RangeTracker, exact_quantiles
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "OpticalLinear",
     "RangeTracker",
     "SharedInput",
+    "WeightBank",
     "exact_quantiles",
     "optical_attention_forward",
     "optical_mask",

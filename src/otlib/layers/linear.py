@@ -30,6 +30,7 @@ from torch.nn.utils import skip_init
 from otlib import ops
 from otlib.config import NUMERICS, LayerConfig
 from otlib.layers.ranges import RangeTracker
+from otlib.ops._dispatch import use_kernels
 
 X, W, OUT = 0, 1, 2  # rows of the ranges tensor (ops contract)
 
@@ -73,6 +74,71 @@ class SharedInput:
 
     def __getstate__(self) -> dict:  # pickling and deepcopy: no cached input
         return {**self.__dict__, "_entry": None}
+
+
+class WeightBank:
+    """The OpticalLinears of one model (`otlib.transform` links them and calls `pre_forward` from a forward
+    pre-hook of the model). At the start of a training forward, each weight that the model's previous forward
+    called once is folded into its w range and encoded, all in two launches (otlib.ops.weight_codes) instead of
+    two launches in each layer's call (benchmarks/NOTES.md 70); the call then folds and encodes its x alone. The
+    same values, provided each of those layers is called once again: a weight's w range takes one EMA step per
+    call, and a layer left out of a forward after the previous one called it has still taken that step (its next
+    forward leaves it out of the bank). A layer called without `pre_forward` (the inner model called directly,
+    recomputation under activation checkpointing), or with another or a modified weight, runs its own fold and
+    encode as before.
+
+    Training only, eager only (as SharedInput); CUDA weights with the device fold (min/max, one process), no
+    adapter (LoRA's effective weight is formed per call)."""
+
+    def __init__(self, layers: list[OpticalLinear]) -> None:
+        self.layers = list(layers)
+        self._calls: dict[int, int] = {}  # id(layer) → calls since the last pre_forward
+        self._issued: dict[int, tuple] = {}  # id(layer) → (weight, its version, codes, sums) for the current forward
+        self._tables_key: tuple | None = None
+        self._tables: list[tuple[ops.WeightCodes, list[OpticalLinear]]] = []
+
+    def pre_forward(self, model: nn.Module, args: tuple) -> None:
+        calls, self._calls, self._issued = self._calls, {}, {}
+        if not model.training or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+            return
+        members = [layer for layer in self.layers if calls.get(id(layer)) == 1 and layer.banks_weight()]
+        key = tuple((id(m), id(m.weight), m.weight.data_ptr(), id(m.stats.bounds)) for m in members)
+        if key != self._tables_key:
+            self._tables_key, self._tables = key, self._make_tables(members)
+        for codes, layers in self._tables:
+            codes.refresh()
+            for i, layer in enumerate(layers):
+                layer.stats.mark_set(W)
+                self._issued[id(layer)] = (layer.weight, layer.weight._version, *codes.codes(i))
+
+    @staticmethod
+    def _make_tables(members: list[OpticalLinear]) -> list[tuple[ops.WeightCodes, list[OpticalLinear]]]:
+        groups: dict[tuple, list[OpticalLinear]] = {}
+        for layer in members:
+            cfg = layer.layer_config
+            setting = (layer.weight.dtype, layer.weight.device, cfg.q_levels, cfg.q_lut_min, cfg.q_smooth_factor)
+            groups.setdefault(setting, []).append(layer)
+        tables = []
+        for (*_, levels, lut_min, beta), layers in groups.items():
+            ranges = [
+                ops.WeightRange(m.weight, m.stats.bounds, m.stats.scratch, m.stats.tickets, m.stats.initialised, W)
+                for m in layers
+            ]
+            tables.append((ops.WeightCodes(ranges, levels=levels, lut_min=lut_min, beta=beta), layers))
+        return tables
+
+    def take(self, layer: OpticalLinear, weight: Tensor) -> tuple[Tensor, Tensor] | None:
+        """`layer`'s weight (codes, sums) of this forward, its w range folded, if `pre_forward` made them for this
+        very weight, unmodified since; else None (the layer folds and encodes it itself). Counts the call."""
+        key = id(layer)
+        self._calls[key] = self._calls.get(key, 0) + 1
+        issued = self._issued.pop(key, None)
+        if issued is None or issued[0] is not weight or weight._version != issued[1]:
+            return None
+        return issued[2], issued[3]
+
+    def __getstate__(self) -> dict:  # pickling and deepcopy: the layers, no device tables or codes
+        return {**self.__dict__, "_calls": {}, "_issued": {}, "_tables_key": None, "_tables": []}
 
 
 class OpticalLinear(nn.Linear):
@@ -123,6 +189,7 @@ class OpticalLinear(nn.Linear):
         self.stats = RangeTracker(("x", "w", "out"), q_smooth_factor, q_quantiles, device=device)
         self.register_buffer("rng", torch.zeros(3, dtype=torch.int64, device=device))
         self.shared_input: SharedInput | None = None  # set by otlib.transform for siblings reading one tensor
+        self.weight_bank: WeightBank | None = None  # set by otlib.transform: the model's weights encoded at once
         self.lora_rank = lora_rank
         self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
         self.lora_dropout = lora_dropout
@@ -169,21 +236,32 @@ class OpticalLinear(nn.Linear):
         lora_a = F.dropout(self.lora_A, self.lora_dropout, self.training) if self.lora_dropout else self.lora_A
         return self.weight + (self.lora_B @ lora_a) * self.lora_scale
 
+    def banks_weight(self) -> bool:
+        """Whether WeightBank may fold and encode this layer's weight (host state only)."""
+        weight = self.weight
+        return (
+            self.lora_A is None
+            and not self.layer_config.q_bypass
+            and use_kernels(weight, self.layer_config.q_levels)
+            and self.stats.folds_on_device(weight)
+            and weight.is_contiguous()
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.layer_config
         weight = self.effective_weight()
         if cfg.q_bypass:
             return F.linear(x, weight, self.bias)
-        share = self.shared_input
-        if share is not None and (
-            not self.training or torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
-        ):
-            share = None
+        eager_training = self.training and not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()
+        share = self.shared_input if eager_training else None
+        bank = self.weight_bank if eager_training else None
+        w_codes = bank.take(self, weight) if bank is not None else None
+        operands = {W: weight} if w_codes is None else {}  # the bank has folded the weight already
         shared = share.lookup(self, x) if share is not None else None
         x_codes = None
         # the call counter advances on the device (a fresh dither stream per call, no sync), in the ranges' fold
         if shared is None:
-            ranges = self.stats.observe({X: x, W: weight}, self.training, counter=self.rng[1:2])
+            ranges = self.stats.observe({X: x, **operands}, self.training, counter=self.rng[1:2])
             if share is not None:
                 x_key = x
                 x = ops.autocast_input(x)  # what the op encodes (the op's own cast is then a no-op)
@@ -191,7 +269,7 @@ class OpticalLinear(nn.Linear):
                 share.record(self, x_key, x_codes)
         else:  # a sibling has observed and encoded this x
             leader_bounds, x_codes = shared
-            ranges = self.stats.observe({W: weight}, True, counter=self.rng[1:2], copy_from=(X, leader_bounds))
+            ranges = self.stats.observe(operands, True, counter=self.rng[1:2], copy_from=(X, leader_bounds))
         y, out_min, out_max = ops.optical_linear(
             x,
             weight,
@@ -203,6 +281,7 @@ class OpticalLinear(nn.Linear):
             numerics=self.numerics,
             calibrate_out=not self.stats.is_set(OUT),  # first batch / untrained eval: accumulator's own range
             x_codes=x_codes,
+            w_codes=w_codes,
         )
         if self.training:
             self.stats.update_pair(OUT, out_min, out_max)

@@ -130,10 +130,15 @@ class RangeTracker(nn.Module):
         """Whether row `row` holds statistics (host mirror: no device read)."""
         return self._initialised_host[row]
 
+    def folds_on_device(self, like: Tensor) -> bool:
+        """Whether training updates from tensors like `like` take the device fold (CUDA, min/max statistics, one
+        process); else `update`."""
+        return self.quantiles is None and use_kernels(like) and not _distributed()
+
     def fold_target(self, row: int, like: Tensor) -> RangeFold | None:
         """The row as a device-fold target for a training update from tensors like `like`, or None where the
-        fold does not apply (not CUDA, quantile statistics, several processes: those take `update`)."""
-        if self.quantiles is not None or not use_kernels(like) or _distributed():
+        fold does not apply (see folds_on_device)."""
+        if not self.folds_on_device(like):
             return None
         return RangeFold(
             self.bounds, self.scratch, self.tickets, row, self.smooth_factor, not self._initialised_host[row]
@@ -230,6 +235,9 @@ class RangeTracker(nn.Module):
         copy = None if copy_from is None else (copy_from[1][copy_from[0]], self.bounds[copy_from[0]])
         if copy_from is not None:
             self.mark_set(copy_from[0])
+        if not rows and use_kernels(self.bounds):  # nothing to fold: the counter and the copy in one launch
+            minmax_folds([], counter, copy)
+            return
         if rows and all(fold is not None and operands[row].numel() > 0 for row, fold in zip(rows, folds, strict=True)):
             targets = [(operands[row], fold) for row, fold in zip(rows, folds, strict=True)]
             for i in range(0, len(targets), 2):  # two per launch (a product's operands); counter and copy in the first

@@ -12,8 +12,11 @@ from .philox import philox_uniform
 from .quantize import quantize
 from .reference import optical_linear_ref, optical_matmul_ref, quant_params, quantize_core
 from .softmax import scaled_masked_softmax, scaled_masked_softmax_reference
+from .weight_codes import WeightCodes, WeightRange
 
 __all__ = [
+    "WeightCodes",
+    "WeightRange",
     "autocast_input",
     "encode_input",
     "force_reference",

@@ -63,6 +63,7 @@ def linear_kernel_path(
     numerics: str,
     calibrate_out: bool,
     x_codes: tuple[Tensor, Tensor] | None = None,
+    w_codes: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.optical_linear import optical_linear_fwd
 
@@ -79,6 +80,7 @@ def linear_kernel_path(
         readout=fused,
         out_dtype=x.dtype,
         x_codes=x_codes,
+        w_codes=w_codes,
     )
     if fused:
         y, omin, omax = out, acc_min, acc_max

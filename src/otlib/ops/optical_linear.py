@@ -31,21 +31,27 @@ def _forward(
     calibrate_out: bool,
     x_codes: Tensor | None = None,
     x_sums: Tensor | None = None,
+    w_codes: Tensor | None = None,
+    w_sums: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out}
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(x.device.type, enabled=False):
         if not use_kernels(x, levels):
             return optical_linear_ref(x, weight, bias, ranges, rng, **kw)
-        codes = None if x_codes is None or x_sums is None else (x_codes, x_sums)
-        return linear_kernel_path(x, weight, bias, ranges, rng, **kw, x_codes=codes)
+        x_pair = None if x_codes is None or x_sums is None else (x_codes, x_sums)
+        w_pair = None if w_codes is None or w_sums is None else (w_codes, w_sums)
+        return linear_kernel_path(x, weight, bias, ranges, rng, **kw, x_codes=x_pair, w_codes=w_pair)
 
 
 _optical_linear_op = torch.library.custom_op("otlib::optical_linear", _forward, mutates_args=())
 
 
 @_optical_linear_op.register_fake
-def _(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, x_codes=None, x_sums=None):
+def _(
+    x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, x_codes=None, x_sums=None, w_codes=None,
+    w_sums=None,
+):  # fmt: skip
     y = x.new_empty((*x.shape[:-1], weight.shape[0]))
     stat = x.new_empty((), dtype=torch.float32)
     return y, stat, stat.clone()
@@ -63,13 +69,13 @@ def _backward(ctx, grad_y: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     if grad_y is None:  # y unused (the Function does not materialise zero gradients)
-        return (None,) * 11
+        return (None,) * 13
     dt = grad_y.dtype
     gy2 = grad_y.reshape(-1, grad_y.shape[-1])
     gx = (grad_y @ weight.to(dt)).to(x.dtype) if need_x else None
     gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype) if need_w else None
     gb = gy2.float().sum(0).to(ctx.bias_dtype) if (need_b and ctx.has_bias) else None
-    return gx, gw, gb, *(None,) * 8
+    return gx, gw, gb, *(None,) * 10
 
 
 _optical_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -90,6 +96,7 @@ def optical_linear(
     numerics: str = "fixed",
     calibrate_out: bool = False,
     x_codes: tuple[Tensor, Tensor] | None = None,
+    w_codes: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical linear layer.
 
@@ -101,6 +108,8 @@ def optical_linear(
     (numerics="mase": of the quantized output, the peer's defect 3).
     x_codes: `encode_input(x, ranges, levels)` of this x and ranges, computed for another layer reading the same x
     (OpticalLinear's shared input): the kernel path skips encoding x again; the reference path ignores it.
+    w_codes: the same for the weight with the w range of `ranges` (fp16 codes [N, K], fp32 sums [N]), encoded for
+    all the model's weights at once (OpticalLinear's weight bank, otlib.ops.weight_codes).
     """
     check_common(levels, lut_min, numerics)
     check_state(ranges, rng)
@@ -111,8 +120,9 @@ def optical_linear(
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     x = autocast_input(x)
-    codes = (None, None) if x_codes is None else x_codes
-    return _call_linear(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, *codes)
+    x_pair = (None, None) if x_codes is None else x_codes
+    w_pair = (None, None) if w_codes is None else w_codes
+    return _call_linear(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, *x_pair, *w_pair)
 
 
 def autocast_input(x: Tensor) -> Tensor:

@@ -66,11 +66,13 @@ def minmax_folds(
     counter: Tensor | None = None,
     copy: tuple[Tensor, Tensor] | None = None,
 ) -> None:
-    """minmax_fold of each (tensor, row) — one or two, of one tracker — and `counter` (int64, its first element)
-    advanced by one, and copy = (source, target) fp32 [2] rows: target set to source: eagerly in one launch,
-    under torch.compile by the custom ops and in-place ops."""
-    if not 1 <= len(targets) <= 2 or len({fold.beta for _, fold in targets}) != 1:
-        raise ValueError(f"minmax_folds: one or two targets of one smoothing factor, got {len(targets)}")
+    """minmax_fold of each (tensor, row) — none, one or two, of one tracker — and `counter` (int64, its first
+    element) advanced by one, and copy = (source, target) fp32 [2] rows: target set to source: eagerly in one
+    launch, under torch.compile by the custom ops and in-place ops."""
+    if len(targets) > 2 or len({fold.beta for _, fold in targets}) > 1:
+        raise ValueError(f"minmax_folds: at most two targets of one smoothing factor, got {len(targets)}")
+    if not targets and counter is None and copy is None:
+        return
     if torch.compiler.is_compiling():
         for x, fold in targets:
             _minmax_fold_op(x, fold.bounds, fold.scratch, fold.tickets, fold.row, fold.beta, fold.first)
@@ -79,8 +81,11 @@ def minmax_folds(
         if copy is not None:
             copy[1].copy_(copy[0])
         return
-    from otlib.kernels.ranges import minmax_fold_
+    from otlib.kernels.ranges import count_and_copy_, minmax_fold_
 
+    if not targets:
+        count_and_copy_(counter, copy)
+        return
     (x, fold), second = targets[0], None
     if len(targets) == 2:
         y, other = targets[1]
