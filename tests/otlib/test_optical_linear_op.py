@@ -210,3 +210,22 @@ def test_autocast_output_dtype_and_fp32_weight_grad():
     # same as quantizing the bf16-rounded activation outside autocast
     r, _, _ = optical_linear(x.bfloat16(), w, b, ranges, rng, levels=LEVELS, lut_min=LUT)
     assert torch.equal(y, r)
+
+
+@pytest.mark.parametrize("numerics", ["fixed", "mase"])
+def test_given_weight_codes_equal_encoding_the_weight(numerics):
+    """w_codes (a WeightBank's encode of the weight with the call's w range) gives the same outputs as the kernel
+    path encoding the weight itself, with and without x codes given too (then a launch of its own resets the
+    GEMM's range scalars)."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from otlib.kernels.quantize import operand_codes
+
+    x, w, b = _inputs(9, 41, 34)
+    ranges, rng = _state(x, w)
+    kw = {"levels": LEVELS, "lut_min": LUT, "numerics": numerics, "calibrate_out": False}
+    w_codes, w_sums = operand_codes(w.unsqueeze(0), ranges, 1, LEVELS - 1, lut_min=LUT)
+    x_codes, x_sums = operand_codes(x.unsqueeze(0), ranges, 0, LEVELS - 1)
+    want = _kernel(x, w, b, ranges, rng, **kw)
+    for x_pair in (None, (x_codes[0], x_sums[0])):
+        got = _kernel(x, w, b, ranges, rng, **kw, x_codes=x_pair, w_codes=(w_codes[0], w_sums[0]))
+        assert all(torch.equal(g, e) for g, e in zip(got, want, strict=True))

@@ -317,10 +317,10 @@ def weight_codes_(
     even: bool,
 ) -> None:
     """operand_codes of many contiguous [R, C] operands of `like`'s dtype in one launch, each with its own range,
-    into slices of the flat `codes` (fp16) and `sums` (fp32): `table` int64 [T, 6] (offset from `like` in elements,
-    R, C, range address, codes offset, sums offset) per operand, `plan` int32 [P, 2] (operand, row block of `weight_codes_rows()`
-    rows) per program. even: every R and C a multiple of the blocks and every operand 16-byte aligned (the masks
-    are then dropped, loads and stores vectorised)."""
+    into slices of the flat `codes` (fp16) and `sums` (fp32). `table` int64 [T, 6] per operand: offset from `like`
+    in elements, R, C, range address, codes offset, sums offset. `plan` int32 [P, 2] per program: operand, row
+    block (of `weight_codes_rows()` rows). even: every R and C a multiple of the blocks and every operand 16-byte
+    aligned (the masks are then dropped, loads and stores vectorised)."""
     _weight_codes_kernel[(plan.shape[0],)](
         plan,
         table,
@@ -345,7 +345,7 @@ def weight_codes_rows() -> int:
 
 
 def weight_codes_even(operands: list[torch.Tensor]) -> bool:
-    """weight_codes_'s `even` for these operands (the first is `like`)."""
+    """weight_codes_'s `even` for these operands."""
     return all(
         _even_blocks(*w.shape, _CODES_BLOCK_R, _CODES_BLOCK_C) and w.data_ptr() % 16 == 0 for w in operands
     )  # fmt: skip
