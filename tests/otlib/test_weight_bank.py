@@ -113,7 +113,10 @@ def _unbanked(model: nn.Module) -> nn.Module:
     return copied
 
 
-@pytest.mark.parametrize("autocast", [False, True])
+# interpreted, a training step takes seconds: the CPU runs the autocast case (bf16 activations, fp32 weights)
+@pytest.mark.parametrize(
+    "autocast", [pytest.param(False, marks=pytest.mark.skipif(DEVICE == "cpu", reason="interpreted: slow")), True]
+)
 def test_banked_training_equals_each_layers_own(kernels_on, monkeypatch, autocast):
     """Three training steps (out ranges calibrated, then the EMA; an optimizer step between): the same losses,
     gradients and state with the bank and without; the bank leaves no weight to the layers after the first."""
