@@ -61,13 +61,11 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     from otlib.layers import attention
     from otlib.ops import softmax as softmax_op
 
-    if name in ("unlinked-inputs", "per-layer-weights"):
+    link = {"unlinked-inputs": "shared_input", "per-layer-weights": "weight_bank"}.get(name)
+    if link is not None:  # a link between the model's linears, undone
         for layer in model.modules():
             if isinstance(layer, otlib.OpticalLinear):
-                if name == "unlinked-inputs":
-                    layer.shared_input = None
-                else:
-                    layer.weight_bank = None
+                setattr(layer, link, None)
     # kernel switches: a module function replaced while the model is built and captured
     switch = {
         "full-pv": (optical_matmul, "_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop

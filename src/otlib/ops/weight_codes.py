@@ -8,11 +8,12 @@ into its own row, one encodes every weight with its updated row into one flat bu
 weight's fold is the same order-free min/max and the same EMA, its codes the same `operand_codes` arithmetic.
 
 Device addresses of the weights and rows are read once into int64 tables (made again when the weights or range
-buffers are other tensors or move: otlib.layers.linear.WeightBank); whether a row is set is read from its `initialised` flag on the device, so the tables do not
-change once the ranges are set.
+buffers are other tensors or move: otlib.layers.linear.WeightBank); whether a row is set is read from its
+`initialised` flag on the device, so the tables do not change once the ranges are set.
 """
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -58,10 +59,10 @@ class WeightCodes:
         self.levels, self.lut_min, self.beta = levels, lut_min, beta
         shapes = [tuple(w.shape) for w in weights]
         sizes = [rows * cols for rows, cols in shapes]
-        code_offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        sum_offsets = [sum(rows for rows, _ in shapes[:i]) for i in range(len(shapes))]
-        self._codes = torch.empty(sum(sizes), dtype=torch.float16, device=device)
-        self._sums = torch.empty(sum(rows for rows, _ in shapes), dtype=torch.float32, device=device)
+        code_offsets = [0, *accumulate(sizes)]  # where each weight's codes and sums start in the flat buffers
+        sum_offsets = [0, *accumulate(rows for rows, _ in shapes)]
+        self._codes = torch.empty(code_offsets.pop(), dtype=torch.float16, device=device)
+        self._sums = torch.empty(sum_offsets.pop(), dtype=torch.float32, device=device)
         self._views = [
             (self._codes[o : o + size].view(shape), self._sums[so : so + shape[0]])
             for o, so, size, shape in zip(code_offsets, sum_offsets, sizes, shapes, strict=True)
@@ -74,17 +75,10 @@ class WeightCodes:
         offsets = [element_offset(w, like) for w in weights]
         fold_rows, encode_rows = [], []
         for r, offset, (rows, cols), o, so in zip(self.ranges, offsets, shapes, code_offsets, sum_offsets, strict=True):
-            fold_rows.append(
-                (
-                    offset,
-                    rows * cols,
-                    address(r.bounds, 2 * r.row),
-                    address(r.scratch, 2 * r.row),
-                    address(r.tickets, 2 * r.row),
-                    address(r.initialised, r.row),
-                )
-            )
-            encode_rows.append((offset, rows, cols, address(r.bounds, 2 * r.row), o, so))
+            row = address(r.bounds, 2 * r.row)
+            state = (address(r.scratch, 2 * r.row), address(r.tickets, 2 * r.row), address(r.initialised, r.row))
+            fold_rows.append((offset, rows * cols, row, *state))
+            encode_rows.append((offset, rows, cols, row, o, so))
         block = weight_codes_rows()
         encode_plan = [(i, b) for i, (rows, _) in enumerate(shapes) for b in range(-(-rows // block))]
         self._fold_table = _device_table(fold_rows, torch.int64, device)
