@@ -11,6 +11,9 @@ the first variant. Variants (each turns one optimisation off; "default" is the c
   default          the model as built
   unlinked-inputs  q/k/v and gate/up observe and encode their common input each (no SharedInput; NOTES.md 48)
   per-layer-weights each linear folds and encodes its weight in its own call (no WeightBank; NOTES.md 70)
+  own-input-casts  k/v and up cast their fp32 input to bf16 each, not sharing q's and gate's cast (NOTES.md 75)
+  unfused-input-cast q and gate cast their input in a launch before its encode, not in it (NOTES.md 75)
+  own-weight-casts each linear's backward casts its fp32 weight to bf16; the bank writes no copies (NOTES.md 75)
   full-pv          P·V's K loop runs over the whole of a causal P (no skip past the diagonal; NOTES.md 53)
   masked-tiles     the level-code GEMM masks rows and columns of full output tiles too (no EVEN_MN; NOTES.md 56)
   masked-softmax   the softmax kernels mask the columns of rows that fill their block too (no FULL_ROW; NOTES.md 57)
@@ -38,6 +41,9 @@ VARIANTS = (
     "default",
     "unlinked-inputs",
     "per-layer-weights",
+    "own-input-casts",
+    "unfused-input-cast",
+    "own-weight-casts",
     "full-pv",
     "masked-tiles",
     "masked-softmax",
@@ -57,9 +63,20 @@ VARIANTS = (
 def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
     """`name`'s setting applied to `model` (and, where it is a kernel switch, held while the model is captured)."""
     import otlib
+    from otlib import ops
     from otlib.kernels import grad_matmul, optical_matmul, quantize, softmax
-    from otlib.layers import attention
+    from otlib.layers import SharedInput, attention
+    from otlib.ops import WeightCodes
     from otlib.ops import softmax as softmax_op
+
+    lookup, encode_input, refresh = SharedInput.lookup, ops.encode_input, WeightCodes.refresh
+
+    def lookup_without_cast(share, layer, x):
+        shared = lookup(share, layer, x)
+        return shared if shared is None else (*shared[:2], None)
+
+    def encode_after_cast(x, ranges, levels):
+        return encode_input(ops.autocast_input(x), ranges, levels)
 
     link = {"unlinked-inputs": "shared_input", "per-layer-weights": "weight_bank"}.get(name)
     if link is not None:  # a link between the model's linears, undone
@@ -68,6 +85,9 @@ def variant_setting(name: str, model: torch.nn.Module) -> Iterator[None]:
                 setattr(layer, link, None)
     # kernel switches: a module function replaced while the model is built and captured
     switch = {
+        "own-input-casts": (SharedInput, "lookup", lookup_without_cast),
+        "unfused-input-cast": (ops, "encode_input", encode_after_cast),
+        "own-weight-casts": (WeightCodes, "refresh", lambda codes, cast_dtype=None: refresh(codes)),
         "full-pv": (optical_matmul, "_rows_for_raw_a", lambda *args: None),  # the GEMM then runs its whole K loop
         "masked-tiles": (optical_matmul, "_even_mn", lambda *args: False),
         "masked-softmax": (softmax, "_full_row", lambda *args: False),

@@ -142,19 +142,21 @@ VARIANTS = [
     ),
     *(
         (
-            f"operand encoder, LUT{suffix}",
+            f"operand encoder, {'LUT' if lut else 'fp32 input cast to bf16'}{suffix}",
             quantize._operand_codes_kernel,
             {
                 "x_ptr": "*fp32",
                 "codes_ptr": "*fp16",
                 "sums_ptr": "*fp32",
+                "cast_ptr": "*bf16",
                 "ranges_ptr": "*fp32",
                 "min_ptr": "*fp32",
                 "max_ptr": "*fp32",
             },
-            # a weight: row-major (unit column stride)
+            # a weight or a linear's fp32 input: row-major (unit column stride)
             {
-                "LUT": True,
+                "LUT": lut,
+                "CAST": 0 if lut else 2,
                 "INIT_MINMAX": True,
                 "BLOCK_R": 8,
                 "BLOCK_C": quantize._CODES_BLOCK_C,
@@ -164,6 +166,7 @@ VARIANTS = [
             {"num_warps": 4},
         )
         for suffix, even in (("", True), (", partial blocks", False))
+        for lut in (True, False)
     ),
     (
         "quantizer, stochastic + bias",
@@ -216,12 +219,28 @@ VARIANTS = [
         {"BLOCK": ranges.BLOCK, "ALIGNED": True},
         {"num_warps": 8},
     ),
-    (
-        "encoder of many weights, LUT",
-        quantize._weight_codes_kernel,
-        {"plan_ptr": "*i32", "table_ptr": "*i64", "like_ptr": "*fp32", "codes_ptr": "*fp16", "sums_ptr": "*fp32"},
-        {"LUT": True, "BLOCK_R": quantize._CODES_BLOCK_R, "BLOCK_C": quantize._CODES_BLOCK_C, "EVEN": True},
-        {"num_warps": 4},
+    *(
+        (
+            f"encoder of many weights, LUT{suffix}",
+            quantize._weight_codes_kernel,
+            {
+                "plan_ptr": "*i32",
+                "table_ptr": "*i64",
+                "like_ptr": "*fp32",
+                "codes_ptr": "*fp16",
+                "sums_ptr": "*fp32",
+                "casts_ptr": "*bf16",
+            },
+            {
+                "LUT": True,
+                "CAST": cast,
+                "BLOCK_R": quantize._CODES_BLOCK_R,
+                "BLOCK_C": quantize._CODES_BLOCK_C,
+                "EVEN": True,
+            },
+            {"num_warps": 4},
+        )
+        for suffix, cast in (("", 0), (", bf16 copies", 1))
     ),
     (
         "GEMM range reset",

@@ -160,6 +160,28 @@ def test_bad_arguments():
         optical_linear(x, w.t(), b, ranges, rng, levels=LEVELS, lut_min=LUT)
     with pytest.raises(ValueError, match="ranges"):
         optical_linear(x, w, b, ranges[:2], rng, levels=LEVELS, lut_min=LUT)
+    with pytest.raises(ValueError, match="x_cast"):
+        optical_linear(x, w, b, ranges, rng, levels=LEVELS, lut_min=LUT, x_cast=x[:2].bfloat16())
+    with pytest.raises(ValueError, match="w_cast"):
+        optical_linear(x, w, b, ranges, rng, levels=LEVELS, lut_min=LUT, w_cast=w.t().bfloat16())
+
+
+def test_given_casts_are_what_the_op_multiplies():
+    """x_cast is multiplied and saved instead of x, x's gradient returned in x's dtype; w_cast of y's dtype is the
+    backward's weight: the same values as the op's own casts (autocast's), for bf16 casts of fp32 x and W."""
+    x, w, b = _inputs(6, 16, 5, device="cpu")
+    ranges, rng = _state(x, w, device="cpu")
+    outs = []
+    for given in (False, True):
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        casts = {"x_cast": x.bfloat16(), "w_cast": w.bfloat16()} if given else {}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = optical_linear(xg, wg, b, ranges, rng.clone(), levels=LEVELS, lut_min=LUT, **casts)[0]
+        y.float().square().sum().backward()
+        outs.append((y, xg.grad, wg.grad))
+    for got, want in zip(outs[1], outs[0], strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert outs[1][1].dtype == torch.float32 and outs[1][0].dtype == torch.bfloat16
 
 
 @pytest.mark.gpu

@@ -142,8 +142,9 @@ def test_eval_and_inference_mode_do_not_share(monkeypatch):
     assert calls == [[X, W]] * 6
 
 
-@pytest.mark.parametrize("numerics", ["fixed", "mase"])
-def test_kernel_path_encodes_a_shared_input_once(monkeypatch, numerics):
+@pytest.mark.parametrize(("numerics", "autocast"), [("fixed", False), ("mase", False), ("fixed", True)])
+def test_kernel_path_encodes_a_shared_input_once(monkeypatch, numerics, autocast):
+    """Under autocast the leader's encode also casts x (one launch): the siblings multiply that cast, not their own."""
     pytest.importorskip("triton", reason="Triton is not installed")
     if torch.cuda.is_available():  # compiled Triton refuses CPU tensors; test_gpu_model.py covers the GPU
         pytest.skip("CPU tensors through the Triton kernels: interpreter only")
@@ -153,10 +154,12 @@ def test_kernel_path_encodes_a_shared_input_once(monkeypatch, numerics):
     # the Triton path (interpreted) for CPU tensors; the range folds stay on their torch path
     monkeypatch.setattr(sys.modules["otlib.ops.optical_linear"], "use_kernels", lambda t, levels=2: True)
     encodes: list[tuple[int, ...]] = []
+    casting: list[bool] = []  # whether each encode also cast its operand
     operand_codes = quantize.operand_codes
 
     def counting(x, *args, **kwargs):
         encodes.append(tuple(x.shape))
+        casting.append(kwargs.get("cast") is not None)
         return operand_codes(x, *args, **kwargs)
 
     monkeypatch.setattr(quantize, "operand_codes", counting)
@@ -164,14 +167,16 @@ def test_kernel_path_encodes_a_shared_input_once(monkeypatch, numerics):
     layers = _linked(numerics=numerics)
     separate = _unlinked(layers)
     xs = [torch.randn(9, 41), torch.randn(9, 41) * 3]
-    shared_outs = _steps(layers, xs)
-    shared_encodes, encodes[:] = encodes[:], []
-    separate_outs = _steps(separate, xs)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        shared_outs = _steps(layers, xs)
+        shared_encodes, encodes[:] = encodes[:], []
+        separate_outs = _steps(separate, xs)
     for got, want in zip(shared_outs, separate_outs, strict=True):
         assert torch.equal(got, want)
     _assert_same_state(layers, separate)
     weights = [(1, 34 + 3 * i, 41) for i in range(3)]
     assert shared_encodes == [(1, 9, 41), *weights] * 2  # x once, then each weight
+    assert casting[:4] == [autocast, False, False, False]  # the shared x cast in its encode
     assert encodes == [shape for _ in range(2) for w in weights for shape in ((1, 9, 41), w)]
 
 

@@ -61,9 +61,14 @@ def test_weight_codes_equal_each_weights_fold_and_encode(dtype, lut_min):
         lut_min=lut_min,
         beta=BETA,
     )
-    for step in range(2):  # the second step: every row set, the EMA
-        table.refresh()
+    for step in range(2):  # the second step: every row set, the EMA; the first writes bf16 copies too (autocast's)
+        cast_dtype = torch.bfloat16 if step == 0 else None
+        table.refresh(cast_dtype)
         for i, (w, tracker) in enumerate(zip(weights, single, strict=True)):
+            if cast_dtype is None or dtype == cast_dtype:
+                assert table.cast(i) is None
+            else:
+                assert_equal_verbose(table.cast(i), w.to(cast_dtype), f"weight {i}: the bf16 copy")
             s = tracker
             minmax_fold_(w, s.bounds[W], s.scratch[W], s.tickets[W], BETA, not s.is_set(W))
             s.mark_set(W)

@@ -158,6 +158,7 @@ def _operand_codes_kernel(
     x_ptr,
     codes_ptr,
     sums_ptr,
+    cast_ptr,
     ranges_ptr,
     min_ptr,
     max_ptr,
@@ -176,6 +177,7 @@ def _operand_codes_kernel(
     n_f,
     # meta-parameters
     LUT: tl.constexpr,
+    CAST: tl.constexpr,
     INIT_MINMAX: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -191,18 +193,21 @@ def _operand_codes_kernel(
     b = g // H
     x_head = x_ptr + b.to(tl.int64) * stride_b + (g - b * H).to(tl.int64) * stride_h
     _encode_rows(
-        x_head, stride_r, stride_c, codes_ptr + g.to(tl.int64) * R * C, sums_ptr + g.to(tl.int64) * R, offs_r, R, C,
-        ranges_ptr + 2 * row, lam_bits, eps_bits, n_f, LUT, BLOCK_R, BLOCK_C, EVEN,
+        x_head, stride_r, stride_c, codes_ptr + g.to(tl.int64) * R * C, sums_ptr + g.to(tl.int64) * R,
+        cast_ptr + g.to(tl.int64) * R * C, offs_r, R, C, ranges_ptr + 2 * row, lam_bits, eps_bits, n_f, LUT, CAST,
+        BLOCK_R, BLOCK_C, EVEN,
     )  # fmt: skip
 
 
 @triton.jit
 def _encode_rows(
-    x_ptr, stride_r, stride_c, codes_ptr, sums_ptr, offs_r, R, C, range_ptr, lam_bits, eps_bits, n_f,
-    LUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EVEN: tl.constexpr,
+    x_ptr, stride_r, stride_c, codes_ptr, sums_ptr, cast_ptr, offs_r, R, C, range_ptr, lam_bits, eps_bits, n_f,
+    LUT: tl.constexpr, CAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
     """Rows offs_r of one [R, C] operand at x_ptr (strides stride_r, stride_c) → fp16 codes at codes_ptr ([R, C]
-    contiguous) and fp32 row sums at sums_ptr, with the (lo, hi) at range_ptr."""
+    contiguous) and fp32 row sums at sums_ptr, with the (lo, hi) at range_ptr. CAST: also store the operand in
+    cast_ptr's dtype at the codes' offsets (rounded as torch's .to()); 1: encode the operand as read, 2: encode the
+    cast values (the operand as an autocast linear would multiply it)."""
     lo, hi, div, width = range_params(range_ptr, 0, eps_bits)
     s, z, c = code_params(lo, width, n_f)
     if LUT:
@@ -220,6 +225,11 @@ def _encode_rows(
         if EVEN:
             m = tl.full((BLOCK_R, BLOCK_C), True, tl.int1)
         x = tl.load(x_rows + offs_c[None, :].to(tl.int64) * stride_c, mask=m, other=0.0).to(tl.float32)
+        if CAST:
+            x_cast = cast_for_store(x, cast_ptr)
+            tl.store(cast_ptr + out_rows + offs_c[None, :], x_cast, mask=m)
+            if CAST == 2:
+                x = x_cast.to(tl.float32)
         k = deterministic_level(x, lo, hi, div, n_f)
         code = k - z
         if LUT:
@@ -239,6 +249,7 @@ def operand_codes(
     *,
     lut_min: float | None = None,
     minmax: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cast: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode x [G, R, C] or [B, H, R, C] (any strides; C is the reduction dim; G = B·H) → (fp16 codes [G, R, C]
     contiguous, fp32 sums [G, R] = Σ_c codes). A 4-D x is read in place: attention's head-transposed query, key
@@ -246,7 +257,9 @@ def operand_codes(
 
     ranges: contiguous fp32 [rows, 2] (lo, hi) on the device; `row` is this operand's. lut_min: the LUT floor
     λ (the SLM operand B only; None = off). minmax: two fp32 0-d tensors this launch sets to (+inf, −inf) for the
-    GEMM's range atomics.
+    GEMM's range atomics. cast: a contiguous tensor of x's size in another float dtype; the launch writes
+    x.to(cast.dtype) into it and encodes those values, not x's (an autocast linear's input, cast and encoded in
+    one pass over x).
     """
     x4 = x if x.dim() == 4 else x.unsqueeze(1)
     B, H, R, C = x4.shape
@@ -257,10 +270,13 @@ def operand_codes(
         return codes, sums
     block_r = _rows_per_program(G * R)
     grid = (triton.cdiv(R, block_r), G)
+    if cast is not None and (cast.numel() != x.numel() or not cast.is_contiguous() or cast.dtype == x.dtype):
+        raise ValueError("operand_codes: cast must be a contiguous tensor of x's size in another dtype")
     _operand_codes_kernel[grid](
         x,
         codes,
         sums,
+        codes if cast is None else cast,
         ranges,
         *(minmax if minmax is not None else (sums, sums)),
         row,
@@ -272,6 +288,7 @@ def operand_codes(
         *x4.stride(),
         float(n),
         LUT=lut_min is not None,
+        CAST=0 if cast is None else 2,
         INIT_MINMAX=minmax is not None,
         BLOCK_R=block_r,
         BLOCK_C=_CODES_BLOCK_C,
@@ -284,8 +301,8 @@ def operand_codes(
 
 @triton.jit
 def _weight_codes_kernel(
-    plan_ptr, table_ptr, like_ptr, codes_ptr, sums_ptr, lam_bits, eps_bits, n_f,
-    LUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EVEN: tl.constexpr,
+    plan_ptr, table_ptr, like_ptr, codes_ptr, sums_ptr, casts_ptr, lam_bits, eps_bits, n_f,
+    LUT: tl.constexpr, CAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
     """Many contiguous [R, C] operands of like_ptr's dtype encoded in one launch (weight_codes_). Program p takes
     (operand i, its row block b) from plan_ptr[2p : 2p + 2]; operand i's int64 entry in table_ptr is (its offset
@@ -299,9 +316,9 @@ def _weight_codes_kernel(
     if EVEN:  # 16-byte aligned operands and whole blocks (C a multiple of BLOCK_C): 16-byte loads and stores
         offset, C, codes_offset = tl.multiple_of(offset, 16), tl.multiple_of(C, 16), tl.multiple_of(codes_offset, 16)
     _encode_rows(
-        like_ptr + offset, C, 1, codes_ptr + codes_offset,
-        sums_ptr + tl.load(entry + 5), offs_r, tl.load(entry + 1), C,
-        tl.load(entry + 3).to(tl.pointer_type(tl.float32)), lam_bits, eps_bits, n_f, LUT, BLOCK_R, BLOCK_C, EVEN,
+        like_ptr + offset, C, 1, codes_ptr + codes_offset, sums_ptr + tl.load(entry + 5), casts_ptr + codes_offset,
+        offs_r, tl.load(entry + 1), C, tl.load(entry + 3).to(tl.pointer_type(tl.float32)), lam_bits, eps_bits, n_f,
+        LUT, CAST, BLOCK_R, BLOCK_C, EVEN,
     )  # fmt: skip
 
 
@@ -315,22 +332,29 @@ def weight_codes_(
     *,
     lut_min: float | None,
     even: bool,
+    casts: torch.Tensor | None = None,
 ) -> None:
     """operand_codes of many contiguous [R, C] operands of `like`'s dtype in one launch, each with its own range,
     into slices of the flat `codes` (fp16) and `sums` (fp32). `table` int64 [T, 6] per operand: offset from `like`
     in elements, R, C, range address, codes offset, sums offset. `plan` int32 [P, 2] per program: operand, row
     block (of `weight_codes_rows()` rows). even: every R and C a multiple of the blocks and every operand 16-byte
-    aligned (the masks are then dropped, loads and stores vectorised)."""
+    aligned (the masks are then dropped, loads and stores vectorised). casts: a flat buffer like `codes` in another
+    float dtype; each operand is also written there, cast as torch's .to() casts it, at its codes' offset (the
+    operands are encoded as they are, not as cast)."""
+    if casts is not None and (casts.numel() != codes.numel() or casts.dtype == like.dtype):
+        raise ValueError("weight_codes_: casts must be a flat buffer of the codes' size in another dtype")
     _weight_codes_kernel[(plan.shape[0],)](
         plan,
         table,
         like,
         codes,
         sums,
+        codes if casts is None else casts,
         f64_bits(lut_min or 0.0),
         EPS_BITS,
         float(n),
         LUT=lut_min is not None,
+        CAST=0 if casts is None else 1,
         BLOCK_R=_CODES_BLOCK_R,
         BLOCK_C=_CODES_BLOCK_C,
         EVEN=even,

@@ -46,31 +46,33 @@ class SharedInput:
     An input is the same tensor object, unmodified since the leader saw it (its version counter): different
     inputs never share. A sibling that has used the current input and is called with it again leads a new
     round. Training only, eager only (not under torch.compile, whose graphs hold no Python state, nor in
-    inference mode, whose tensors have no version counter).
+    inference mode, whose tensors have no version counter). Under autocast the leader's encode also writes x in the
+    autocast dtype, which every sibling multiplies and saves for its backward instead of casting x itself
+    (benchmarks/NOTES.md 75).
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        # the current input: (weak reference to x, x's version, the leader's bounds, x's codes or None, ids of the
-        # siblings that used it); dropped once all `size` siblings have
+        # the current input: (weak reference to x, x's version, the leader's bounds, x's codes or None, x as the op
+        # multiplies it, ids of the siblings that used it); dropped once all `size` siblings have
         self._entry: tuple | None = None
 
-    def lookup(self, layer: OpticalLinear, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None] | None:
-        """(leader's bounds, x codes) if `x` is the current input and `layer` has not used it yet, else None (then
-        `layer` leads: it observes x and `record`s it)."""
+    def lookup(self, layer: OpticalLinear, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor] | None:
+        """(leader's bounds, x codes, x as the op multiplies it) if `x` is the current input and `layer` has not
+        used it yet, else None (then `layer` leads: it observes x and `record`s it)."""
         entry = self._entry
         if entry is None:
             return None
-        ref, version, bounds, codes, used = entry
+        ref, version, bounds, codes, x_op, used = entry
         if ref() is not x or x._version != version or id(layer) in used:
             return None
         used.add(id(layer))
         if len(used) == self.size:
             self._entry = None
-        return bounds, codes
+        return bounds, codes, x_op
 
-    def record(self, layer: OpticalLinear, x: Tensor, codes: tuple[Tensor, Tensor] | None) -> None:
-        self._entry = (weakref.ref(x), x._version, layer.stats.bounds, codes, {id(layer)})
+    def record(self, layer: OpticalLinear, x: Tensor, codes: tuple[Tensor, Tensor] | None, x_op: Tensor) -> None:
+        self._entry = (weakref.ref(x), x._version, layer.stats.bounds, codes, x_op, {id(layer)})
 
     def __getstate__(self) -> dict:  # pickling and deepcopy: no cached input
         return {**self.__dict__, "_entry": None}
@@ -80,7 +82,9 @@ class WeightBank:
     """The OpticalLinears of one model (`otlib.transform` links them and calls `pre_forward` from a forward
     pre-hook of the model). At the start of a training forward, each weight that the model's previous forward
     called once is folded into its w range and encoded, all in two launches (otlib.ops.weight_codes) instead of
-    two launches in each layer's call (benchmarks/NOTES.md 70); the call then folds and encodes its x alone. The
+    two launches in each layer's call (benchmarks/NOTES.md 70); the call then folds and encodes its x alone. Under
+    autocast the encode also writes each fp32 weight in the autocast dtype for the backward's products, in place of
+    a cast per layer (NOTES.md 75). The
     same values, provided each of those layers is called once again: a weight's w range takes one EMA step per
     call, and a layer left out of a forward after the previous one called it has still taken that step (its next
     forward leaves it out of the bank). A layer called without `pre_forward` (the inner model called directly,
@@ -93,7 +97,8 @@ class WeightBank:
     def __init__(self, layers: list[OpticalLinear]) -> None:
         self.layers = list(layers)
         self._calls: dict[int, int] = {}  # id(layer) → calls since the last pre_forward
-        self._issued: dict[int, tuple] = {}  # id(layer) → (weight, its version, codes, sums) for the current forward
+        # id(layer) → (weight, its version, codes, sums, cast weight or None) for the current forward
+        self._issued: dict[int, tuple] = {}
         self._tables_key: tuple | None = None
         self._tables: list[tuple[ops.WeightCodes, list[OpticalLinear]]] = []
 
@@ -106,10 +111,11 @@ class WeightBank:
         if key != self._tables_key:
             self._tables_key, self._tables = key, self._make_tables(members)
         for codes, layers in self._tables:
-            codes.refresh()
+            device = layers[0].weight.device.type
+            codes.refresh(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
             for i, layer in enumerate(layers):
                 layer.stats.mark_set(W)
-                self._issued[id(layer)] = (layer.weight, layer.weight._version, *codes.codes(i))
+                self._issued[id(layer)] = (layer.weight, layer.weight._version, *codes.codes(i), codes.cast(i))
 
     @staticmethod
     def _make_tables(members: list[OpticalLinear]) -> list[tuple[ops.WeightCodes, list[OpticalLinear]]]:
@@ -127,15 +133,16 @@ class WeightBank:
             tables.append((ops.WeightCodes(ranges, levels=levels, lut_min=lut_min, beta=beta), layers))
         return tables
 
-    def take(self, layer: OpticalLinear, weight: Tensor) -> tuple[Tensor, Tensor] | None:
-        """`layer`'s weight (codes, sums) of this forward, its w range folded, if `pre_forward` made them for this
-        very weight, unmodified since; else None (the layer folds and encodes it itself). Counts the call."""
+    def take(self, layer: OpticalLinear, weight: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor | None] | None:
+        """`layer`'s weight ((codes, sums), the weight in the autocast dtype or None) of this forward, its w range
+        folded, if `pre_forward` made them for this very weight, unmodified since; else None (the layer folds and
+        encodes it itself). Counts the call."""
         key = id(layer)
         self._calls[key] = self._calls.get(key, 0) + 1
         issued = self._issued.pop(key, None)
         if issued is None or issued[0] is not weight or weight._version != issued[1]:
             return None
-        return issued[2], issued[3]
+        return (issued[2], issued[3]), issued[4]
 
     def __getstate__(self) -> dict:  # pickling and deepcopy: the layers, no device tables or codes
         return {**self.__dict__, "_calls": {}, "_issued": {}, "_tables_key": None, "_tables": []}
@@ -255,20 +262,19 @@ class OpticalLinear(nn.Linear):
         eager_training = self.training and not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()
         share = self.shared_input if eager_training else None
         bank = self.weight_bank if eager_training else None
-        w_codes = bank.take(self, weight) if bank is not None else None
+        banked = bank.take(self, weight) if bank is not None else None
+        w_codes, w_cast = (None, None) if banked is None else banked
         operands = {W: weight} if w_codes is None else {}  # the bank has folded the weight already
         shared = share.lookup(self, x) if share is not None else None
-        x_codes = None
+        x_codes = x_cast = None
         # the call counter advances on the device (a fresh dither stream per call, no sync), in the ranges' fold
         if shared is None:
             ranges = self.stats.observe({X: x, **operands}, self.training, counter=self.rng[1:2])
             if share is not None:
-                x_key = x
-                x = ops.autocast_input(x)  # what the op encodes (the op's own cast is then a no-op)
-                x_codes = ops.encode_input(x, ranges, cfg.q_levels)
-                share.record(self, x_key, x_codes)
+                x_codes, x_cast = ops.encode_input(x, ranges, cfg.q_levels)
+                share.record(self, x, x_codes, x_cast)
         else:  # a sibling has observed and encoded this x
-            leader_bounds, x_codes = shared
+            leader_bounds, x_codes, x_cast = shared
             ranges = self.stats.observe(operands, True, counter=self.rng[1:2], copy_from=(X, leader_bounds))
         y, out_min, out_max = ops.optical_linear(
             x,
@@ -282,6 +288,8 @@ class OpticalLinear(nn.Linear):
             calibrate_out=not self.stats.is_set(OUT),  # first batch / untrained eval: accumulator's own range
             x_codes=x_codes,
             w_codes=w_codes,
+            x_cast=x_cast,
+            w_cast=w_cast,
         )
         if self.training:
             self.stats.update_pair(OUT, out_min, out_max)

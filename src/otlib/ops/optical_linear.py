@@ -33,8 +33,11 @@ def _forward(
     x_sums: Tensor | None = None,
     w_codes: Tensor | None = None,
     w_sums: Tensor | None = None,
+    x_cast: Tensor | None = None,
+    w_cast: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out}
+    x = x if x_cast is None else x_cast  # w_cast: the backward's
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(x.device.type, enabled=False):
         if not use_kernels(x, levels):
@@ -50,16 +53,21 @@ _optical_linear_op = torch.library.custom_op("otlib::optical_linear", _forward, 
 @_optical_linear_op.register_fake
 def _(
     x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, x_codes=None, x_sums=None, w_codes=None,
-    w_sums=None,
+    w_sums=None, x_cast=None, w_cast=None,
 ):  # fmt: skip
-    y = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    y = (x if x_cast is None else x_cast).new_empty((*x.shape[:-1], weight.shape[0]))
     stat = x.new_empty((), dtype=torch.float32)
     return y, stat, stat.clone()
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, bias = inputs[:3]
-    ctx.save_for_backward(x, weight)
+    x_cast, w_cast = inputs[13:15] if len(inputs) > 13 else (None, None)
+    x_op = x if x_cast is None else x_cast
+    # the backward multiplies in the gradient's dtype, which is y's, x_op's: a weight given in it is saved instead
+    w_op = w_cast if w_cast is not None and w_cast.dtype == x_op.dtype else weight
+    ctx.save_for_backward(x_op, w_op)
+    ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
     ctx.has_bias = bias is not None
     ctx.bias_dtype = None if bias is None else bias.dtype
 
@@ -69,13 +77,13 @@ def _backward(ctx, grad_y: Tensor | None, _gmin: Tensor | None, _gmax: Tensor | 
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     if grad_y is None:  # y unused (the Function does not materialise zero gradients)
-        return (None,) * 13
+        return (None,) * 15
     dt = grad_y.dtype
     gy2 = grad_y.reshape(-1, grad_y.shape[-1])
-    gx = (grad_y @ weight.to(dt)).to(x.dtype) if need_x else None
-    gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype) if need_w else None
+    gx = (grad_y @ weight.to(dt)).to(ctx.x_dtype) if need_x else None
+    gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(dt)).to(ctx.w_dtype) if need_w else None
     gb = gy2.float().sum(0).to(ctx.bias_dtype) if (need_b and ctx.has_bias) else None
-    return gx, gw, gb, *(None,) * 10
+    return gx, gw, gb, *(None,) * 12
 
 
 _optical_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -97,6 +105,8 @@ def optical_linear(
     calibrate_out: bool = False,
     x_codes: tuple[Tensor, Tensor] | None = None,
     w_codes: tuple[Tensor, Tensor] | None = None,
+    x_cast: Tensor | None = None,
+    w_cast: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Optical linear layer.
 
@@ -110,6 +120,10 @@ def optical_linear(
     (OpticalLinear's shared input): the kernel path skips encoding x again; the reference path ignores it.
     w_codes: the same for the weight with the w range of `ranges` (fp16 codes [N, K], fp32 sums [N]), encoded for
     all the model's weights at once (OpticalLinear's weight bank, otlib.ops.weight_codes).
+    x_cast: `autocast_input(x)`'s values, made already (`encode_input` or a sibling's): the op multiplies and
+    saves x_cast, not a cast of its own, and returns x's gradient in x's dtype (x_cast is not differentiated).
+    w_cast: `weight.to(dtype)`'s values in y's dtype, made already (the weight bank): the backward multiplies by
+    it instead of casting the weight (not differentiated; ignored in another dtype).
     """
     check_common(levels, lut_min, numerics)
     check_state(ranges, rng)
@@ -119,28 +133,48 @@ def optical_linear(
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    x = autocast_input(x)
+    if x_cast is None:
+        x = autocast_input(x)
+    elif x_cast.shape != x.shape or not x_cast.is_floating_point():
+        raise ValueError(f"x_cast must be a float tensor of x's shape {tuple(x.shape)}, got {tuple(x_cast.shape)}")
+    if w_cast is not None and w_cast.shape != weight.shape:
+        raise ValueError(f"w_cast must have the weight's shape {tuple(weight.shape)}, got {tuple(w_cast.shape)}")
     x_pair = (None, None) if x_codes is None else x_codes
     w_pair = (None, None) if w_codes is None else w_codes
-    return _call_linear(x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, *x_pair, *w_pair)
+    return _call_linear(
+        x, weight, bias, ranges, rng, levels, lut_min, numerics, calibrate_out, *x_pair, *w_pair, x_cast, w_cast
+    )
 
 
 def autocast_input(x: Tensor) -> Tensor:
     """x as `optical_linear` multiplies it: under torch.autocast, cast to the autocast dtype. nn.Linear's autocast
     rule for the output dtype: the activation is cast, so y has that dtype; weight and bias are read in their own
     dtype (fp32 master weights are quantized directly, no bf16 copy)."""
+    return x.to(_autocast_dtype(x))
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-        return x.to(torch.get_autocast_dtype(x.device.type))
-    return x
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
-def encode_input(x: Tensor, ranges: Tensor, levels: int) -> tuple[Tensor, Tensor] | None:
-    """The kernel path's encoding of x ([..., K], as `optical_linear` receives it after its autocast cast) with the
-    x range of `ranges`: fp16 level codes [M, K] and their row sums, for `optical_linear(x_codes=...)`; None where
-    the reference runs (it encodes inside its own arithmetic)."""
+def encode_input(x: Tensor, ranges: Tensor, levels: int) -> tuple[tuple[Tensor, Tensor] | None, Tensor]:
+    """x ([..., K], a linear's input) as `optical_linear` multiplies it and its kernel-path encoding with the x
+    range of `ranges`: (fp16 level codes [M, K] and their row sums for `optical_linear(x_codes=...)`, or None where
+    the reference runs, which encodes inside its own arithmetic; `autocast_input(x)`'s values, detached, for
+    `optical_linear(x_cast=...)`). On the kernel path one launch casts and encodes a contiguous x
+    (benchmarks/NOTES.md 75)."""
+    dtype = _autocast_dtype(x)
     if not use_kernels(x, levels):
-        return None
+        return None, x.detach().to(dtype)
     from ..kernels.quantize import operand_codes
 
-    codes, sums = operand_codes(x.reshape(1, -1, x.shape[-1]), ranges.contiguous(), 0, levels - 1)
-    return codes[0], sums[0]
+    x = x.detach()
+    cast = None
+    if dtype != x.dtype and x.is_contiguous():
+        cast = torch.empty(x.shape, dtype=dtype, device=x.device)
+    else:
+        x = x.to(dtype)
+    codes, sums = operand_codes(x.reshape(1, -1, x.shape[-1]), ranges.contiguous(), 0, levels - 1, cast=cast)
+    return (codes[0], sums[0]), x if cast is None else cast

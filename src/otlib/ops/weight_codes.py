@@ -43,7 +43,9 @@ def _device_table(rows: list[tuple[int, ...]], dtype: torch.dtype, device: torch
 class WeightCodes:
     """Fold-and-encode of a fixed set of weights of one dtype and one quantizer setting (levels, LUT floor,
     smoothing factor). `refresh()` folds every weight's min/max into its row and encodes it; `codes(i)` is
-    weight i's (fp16 codes [N, K], fp32 row sums [N]) from the last refresh, as `operand_codes` gives them."""
+    weight i's (fp16 codes [N, K], fp32 row sums [N]) from the last refresh, as `operand_codes` gives them.
+    `refresh(cast_dtype)` also writes every weight in `cast_dtype` in the same pass (`cast(i)`: weight i's
+    `.to(cast_dtype)` values), for the products of an autocast backward (benchmarks/NOTES.md 75)."""
 
     def __init__(self, ranges: list[WeightRange], *, levels: int, lut_min: float | None, beta: float) -> None:
         from ..kernels.quantize import element_offset, weight_codes_even, weight_codes_rows
@@ -67,6 +69,9 @@ class WeightCodes:
             (self._codes[o : o + size].view(shape), self._sums[so : so + shape[0]])
             for o, so, size, shape in zip(code_offsets, sum_offsets, sizes, shapes, strict=True)
         ]
+        self._slices = [(o, size, shape) for o, size, shape in zip(code_offsets, sizes, shapes, strict=True)]
+        self._casts: dict[torch.dtype, Tensor] = {}  # flat buffers of the weights cast, by dtype
+        self._cast: Tensor | None = None  # the last refresh's
 
         def address(t: Tensor, offset: int) -> int:
             return t.data_ptr() + offset * t.element_size()
@@ -88,12 +93,18 @@ class WeightCodes:
         self._even = weight_codes_even(weights)
         self._aligned = all(offset % 16 == 0 and size % 16 == 0 for offset, size in zip(offsets, sizes, strict=True))
 
-    def refresh(self) -> None:
-        """Fold each weight's min/max into its row, then encode each weight with its updated row."""
+    def refresh(self, cast_dtype: torch.dtype | None = None) -> None:
+        """Fold each weight's min/max into its row, then encode each weight with its updated row (and write it in
+        `cast_dtype`, if given and not the weights' dtype)."""
         from ..kernels.quantize import weight_codes_
         from ..kernels.ranges import minmax_fold_many_
 
         like = self.ranges[0].weight.detach()
+        self._cast = None
+        if cast_dtype is not None and cast_dtype != like.dtype:
+            self._cast = self._casts.get(cast_dtype)
+            if self._cast is None:
+                self._cast = self._casts[cast_dtype] = torch.empty_like(self._codes, dtype=cast_dtype)
         minmax_fold_many_(self._fold_plan, self._fold_table, like, self.beta, aligned=self._aligned)
         weight_codes_(
             self._encode_plan,
@@ -104,7 +115,15 @@ class WeightCodes:
             self.levels - 1,
             lut_min=self.lut_min,
             even=self._even,
+            casts=self._cast,
         )
 
     def codes(self, index: int) -> tuple[Tensor, Tensor]:
         return self._views[index]
+
+    def cast(self, index: int) -> Tensor | None:
+        """Weight i in the last refresh's `cast_dtype` ([N, K]), or None if it wrote none."""
+        if self._cast is None:
+            return None
+        offset, size, shape = self._slices[index]
+        return self._cast[offset : offset + size].view(shape)
