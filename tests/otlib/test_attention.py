@@ -195,6 +195,8 @@ def test_causal_skip_of_masked_scores_changes_nothing(monkeypatch, device, kerne
         pytest.importorskip("triton", reason="Triton is not installed")
         if device == "cpu" and torch.cuda.is_available():
             pytest.skip("Triton compiles for the GPU here: CPU tensors run the kernels only under the interpreter")
+        if device == "cpu" and dtype == torch.float32:  # 26 s interpreted; the CI suite is near its time limit
+            pytest.skip("interpreted: the bf16 case runs the same forward skip and the backward's; the GPU runs both")
         for name in ("otlib.ops.optical_matmul", "otlib.ops.softmax", "otlib.layers.attention"):
             monkeypatch.setattr(sys.modules[name], "use_kernels", lambda t, levels=2: True)
     batch, t_len = 1, 136
