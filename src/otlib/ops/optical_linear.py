@@ -37,7 +37,7 @@ def _forward(
     w_cast: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     kw = {"levels": levels, "lut_min": lut_min, "numerics": numerics, "calibrate_out": calibrate_out}
-    x = x if x_cast is None else x_cast  # w_cast: the backward's
+    x = x if x_cast is None else x_cast  # autocast's cast of x, made already (w_cast is for the backward only)
     # the op does its own fp32 arithmetic: autocast must not turn the reference's products into bf16 ones
     with torch.autocast(x.device.type, enabled=False):
         if not use_kernels(x, levels):
