@@ -124,11 +124,18 @@ def _unbanked(model: nn.Module) -> nn.Module:
 )
 def test_banked_training_equals_each_layers_own(kernels_on, monkeypatch, autocast):
     """Three training steps (out ranges calibrated, then the EMA; an optimizer step between): the same losses,
-    gradients and state with the bank and without; the bank leaves no weight to the layers after the first."""
+    gradients and state with the bank and without; the bank leaves no weight to the layers after the first. Under
+    autocast the banked steps' backward multiplies the bank's bf16 weights, and siblings save one cast of x."""
     model = tiny_llama(hidden_size=32, intermediate_size=48, num_hidden_layers=1).to(DEVICE)
     otlib.transform(model, otlib.TransformConfig())
     separate = _unbanked(model)
     encodes = _weight_encodes(monkeypatch)
+    saved: list[dict[str, tuple]] = []  # per step of the banked model: layer name → (x, weight) saved for backward
+    for name, layer in model.named_modules():
+        if isinstance(layer, otlib.OpticalLinear):
+            layer.register_forward_hook(
+                lambda _, __, out, name=name: saved[-1].update({name: out.grad_fn.saved_tensors})
+            )
     ids = torch.randint(0, VOCAB, (1, 12), device=DEVICE)
     per_model = []
     for m in (model, separate):
@@ -136,6 +143,7 @@ def test_banked_training_equals_each_layers_own(kernels_on, monkeypatch, autocas
         optimizer = torch.optim.AdamW(m.parameters(), lr=1e-3)
         losses, counts = [], []
         for _ in range(3):
+            saved.append({})
             encodes.clear()
             with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
                 loss = m(ids, labels=ids).loss
@@ -151,6 +159,11 @@ def test_banked_training_equals_each_layers_own(kernels_on, monkeypatch, autocas
         assert_equal_verbose(got, want, "loss")
     for (name, got), want in zip(model.state_dict().items(), separate.state_dict().values(), strict=True):
         assert_equal_verbose(got, want, name)
+    for step in saved[1:3] if autocast else []:  # the banked model's banked steps
+        assert all(w.dtype == torch.bfloat16 for _, w in step.values())  # the bank's copies: no cast in the backward
+        for siblings in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+            xs = [x for name, (x, _) in step.items() if name.rsplit(".", 1)[-1] in siblings]
+            assert len(xs) == len(siblings) and len({x.data_ptr() for x in xs}) == 1 and xs[0].dtype == torch.bfloat16
 
 
 class _Model(nn.ModuleList):
