@@ -69,7 +69,6 @@ class WeightCodes:
             (self._codes[o : o + size].view(shape), self._sums[so : so + shape[0]])
             for o, so, size, shape in zip(code_offsets, sum_offsets, sizes, shapes, strict=True)
         ]
-        self._slices = [(o, size, shape) for o, size, shape in zip(code_offsets, sizes, shapes, strict=True)]
         self._casts: dict[torch.dtype, Tensor] = {}  # flat buffers of the weights cast, by dtype
         self._cast: Tensor | None = None  # the last refresh's
 
@@ -125,5 +124,5 @@ class WeightCodes:
         """Weight i in the last refresh's `cast_dtype` ([N, K]), or None if it wrote none."""
         if self._cast is None:
             return None
-        offset, size, shape = self._slices[index]
-        return self._cast[offset : offset + size].view(shape)
+        codes = self._views[index][0]  # the cast buffer holds each weight where the codes buffer does
+        return self._cast.as_strided(codes.shape, codes.stride(), codes.storage_offset())
