@@ -68,11 +68,21 @@ def _gemm(
     even=True,
     heads_last=False,
     skip_above=False,
+    persistent=None,
 ):
     first_meta, first_options = _first_config(optical_matmul._optical_gemm_kernel)
     meta = {**(meta or first_meta)}
     meta.update(READOUT=readout, HAS_BIAS=bias, A_RAW=a_raw, CAUSAL=causal, EVEN_K=True, PHILOX_TILE=True)
     meta.update(A_CAUSAL=a_causal, EVEN_MN=even, HEADS_LAST=heads_last, SKIP_ABOVE=skip_above, LONGEST_FIRST=a_causal)
+    meta.update(TMA_OK=persistent is not None, TMA=persistent is not None, PERSISTENT=persistent or 0)
+    descriptors = {}
+    if persistent is None:
+        meta.update(a_desc=None, b_desc=None)
+    else:  # TMA descriptors of the codes, blocks of the config's tiles
+        descriptors = {
+            "a_desc": f"tensordesc<fp16[{meta['BLOCK_M']}, {meta['BLOCK_K']}]>",
+            "b_desc": f"tensordesc<fp16[{meta['BLOCK_N']}, {meta['BLOCK_K']}]>",
+        }
     pointers = {
         "a_ptr": "*bf16" if a_raw else "*fp16",
         "asum_ptr": "*fp32",
@@ -85,17 +95,29 @@ def _gemm(
         "min_ptr": "*fp32",
         "max_ptr": "*fp32",
         "rows_ptr": "*i1",
+        **descriptors,
     }
     return name, optical_matmul._optical_gemm_kernel, pointers, meta, options or first_options
 
 
 GRAD_META, GRAD_OPTIONS = _first_config(grad_matmul._grouped_bmm_kernel)
 ATTENTION_TILE = ({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, {"num_warps": 4, "num_stages": 2})
+# the TMA config of the autotune list (kernels/optical_matmul.py)
+TMA_TILE = ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, {"num_warps": 8, "num_stages": 4})
 PV_TILE = (ATTENTION_TILE[0], {"num_warps": 4, "num_stages": 3, "maxnreg": 128})
 VARIANTS = [
     _gemm("GEMM linear read-out + bias", readout=True, bias=True, a_raw=False, causal=False),
     _gemm("GEMM linear read-out + bias, partial tiles", readout=True, bias=True, a_raw=False, causal=False, even=False),
     _gemm("GEMM accumulator only", readout=False, bias=False, a_raw=False, causal=False),
+    _gemm(
+        "GEMM linear read-out, TMA, persistent",
+        True,
+        False,
+        False,
+        False,
+        *TMA_TILE,
+        persistent=1,
+    ),
     _gemm("GEMM causal Q·Kᵀ", True, False, False, True, *ATTENTION_TILE),
     _gemm("GEMM causal Q·Kᵀ, unread zero tiles unstored", True, False, False, True, *ATTENTION_TILE, skip_above=True),
     _gemm("GEMM P·V encoding P, 128 registers", True, False, True, False, *PV_TILE),
@@ -297,7 +319,8 @@ def compile_variant(kernel, pointers: dict, meta: dict, options: dict) -> str:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
-            divisible.append(name)  # torch's allocations are aligned
+            if not pointers[name].startswith("tensordesc"):
+                divisible.append(name)  # torch's allocations are aligned
         elif name.endswith("_ptr"):
             raise KeyError(f"{fn.__name__}: pointer {name} has no type")
         else:

@@ -146,6 +146,37 @@ def test_results_do_not_depend_on_the_tile_shape(readout):
         assert_equal_verbose(torch.stack([lo, hi]), torch.stack(outs[0][1:]))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_tma_and_persistent_tiles_give_the_same_bits(bias):
+    """The K loop through TMA descriptors, one tile a program or persistent programs looping over the tiles (one
+    or two an SM): the same read-out, accumulator and range as pointer loads, bit for bit, with partial tiles in
+    every dimension (out-of-bounds TMA elements read as 0, as masked loads do)."""
+    m, k, n = 200, 296, 136  # K a multiple of 8 (16-byte rows of fp16 codes), none a multiple of the tiles
+    x = torch.randn(m, k, device=DEVICE).bfloat16()
+    w = torch.randn(n, k, device=DEVICE) / k**0.5
+    b = torch.randn(n, device=DEVICE) if bias else None
+    ranges, rng = _ranges(x.float(), w), torch.tensor([4, 6, 2], device=DEVICE)
+    tile = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 2}
+    for readout in (True, False):
+        want = optical_linear_fwd(x, w, b, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=x.dtype, config=tile)
+        for tma in ({"TMA": True}, {"TMA": True, "PERSISTENT": 1}, {"TMA": True, "PERSISTENT": 2}):
+            got = optical_linear_fwd(
+                x, w, b, ranges, rng, N, lut_min=LUT, readout=readout, out_dtype=x.dtype, config=tile | tma
+            )
+            for g, e in zip(got, want, strict=True):
+                assert_equal_verbose(g, e)
+
+
+def test_tma_config_is_refused_where_descriptors_cannot_load():
+    """A causal product (or a batch of operand pairs) has no TMA path: an explicit TMA config is an error, not a
+    silent fallback to pointer loads."""
+    q = torch.randn(1, 2, 32, 64, device=DEVICE)
+    kt = torch.randn(1, 2, 32, 64, device=DEVICE).transpose(-1, -2)
+    cfg = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2, "TMA": True}
+    with pytest.raises(ValueError, match="TMA config"):
+        optical_matmul_fwd(q, kt, _ranges(q, kt), RNG, N, lut_min=LUT, readout=True, out_dtype=q.dtype, config=cfg)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_scores_do_not_depend_on_the_tile_shape(causal):
     """Q·Kᵀ (K = 64: one MMA step a tile) at tile shapes, warp counts and register caps that lay out the epilogue

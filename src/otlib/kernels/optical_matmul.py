@@ -19,7 +19,9 @@ the values they multiply into the result. A_CAUSAL (with A_RAW: a causal P): a i
 (as P's does), so there a block of rows without a fully masked one stops its K loop at its last row's diagonal
 (the same bits).
 Every tile config issues the same k16 MMA instructions in K order, so results do not depend on the autotune
-choice (bit for bit, tested on the GPU). Differences from mase-triton (docs/numerics.md): operands quantized
+choice (bit for bit, tested on the GPU) — including the TMA configs, whose K loop loads the code tiles through
+tensor descriptors (out-of-bounds elements read as 0, as masked loads do), one tile a program or persistent programs
+looping over the tiles. Differences from mase-triton (docs/numerics.md): operands quantized
 once per call instead of per tile (K padding adds exactly 0: defect 8), fp32 epilogue, per-element dither
 (defect 1), range observed on the accumulator (defect 3), autotune keyed on shapes, 64-bit offsets.
 """
@@ -30,6 +32,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .._shapes import broadcast_shapes
 from .quantize import operand_codes
@@ -49,6 +52,7 @@ from .utils import (
     range_params,
     read_end,
     round_half_even,
+    sm_count,
     tile_grid,
 )
 
@@ -75,6 +79,17 @@ def _philox_tile(N: int) -> bool:
     return N % 4 == 0
 
 
+def _tma_blocks(args: dict) -> None:
+    """A TMA config's pre-hook: the descriptors' block shapes are its tiles."""
+    args["a_desc"].block_shape = [args["BLOCK_M"], args["BLOCK_K"]]
+    args["b_desc"].block_shape = [args["BLOCK_N"], args["BLOCK_K"]]
+
+
+def _prune_tma(configs: list[triton.Config], named_args: dict, **flags) -> list[triton.Config]:
+    """TMA configs only where the launcher allows them (TMA_OK, a keyword flag of the launch)."""
+    return [c for c in configs if flags["TMA_OK"] or not c.kwargs.get("TMA", False)]
+
+
 def autotune_configs() -> list[triton.Config]:
     if INTERPRET:  # the interpreter runs one config; big tiles keep programs × ops small
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8})]
@@ -98,11 +113,27 @@ def autotune_configs() -> list[triton.Config]:
             (64, 64, 64, 4, 3, 128),
         ]
     ]
+    # tiles loaded through TMA by one or two persistent programs an SM, tried where the launcher allows them (TMA_OK:
+    # one operand pair, A encoded beforehand, no causal mask, N and K ≥ 1024): the 600M linears' graphed forward −2
+    # to −8 % (benchmarks/NOTES.md 78, 80)
+    configs += [
+        triton.Config(
+            {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": True, "PERSISTENT": per_sm},
+            num_warps=8,
+            num_stages=4,
+            pre_hook=_tma_blocks,
+        )
+        for per_sm in (1, 2)
+    ]
     # OTLIB_AUTOTUNE=0: the first config only (quick compiles for tests; results never depend on the choice)
     return configs if os.environ.get("OTLIB_AUTOTUNE", "1") != "0" else configs[:1]
 
 
-@triton.autotune(configs=autotune_configs(), key=["M_BUCKET", "N", "K", "READOUT", "A_RAW", "CAUSAL", "A_CAUSAL"])
+@triton.autotune(
+    configs=autotune_configs(),
+    key=["M_BUCKET", "N", "K", "READOUT", "A_RAW", "CAUSAL", "A_CAUSAL", "TMA_OK"],
+    prune_configs_by={"early_config_prune": _prune_tma},
+)
 @triton.heuristics(
     {
         "EVEN_K": lambda args: _even_k(args["K"], args["BLOCK_K"]),
@@ -144,6 +175,9 @@ def _optical_gemm_kernel(
     stride_qb,
     stride_qh,
     stride_rb,
+    # TMA descriptors of a's and b's codes as [M, K] and [N, K] (TMA configs; else None)
+    a_desc,
+    b_desc,
     # meta-parameters
     READOUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -160,10 +194,83 @@ def _optical_gemm_kernel(
     HEADS_LAST: tl.constexpr,
     SKIP_ABOVE: tl.constexpr,
     LONGEST_FIRST: tl.constexpr,
+    TMA_OK: tl.constexpr,  # the autotuner tries the TMA configs (descriptors given, a shape where they pay)
+    TMA: tl.constexpr = False,  # the K loop loads its tiles through a_desc and b_desc
+    PERSISTENT: tl.constexpr = 0,  # > 0: that many programs an SM, each looping over output tiles
 ):
+    if PERSISTENT:  # one operand pair (TMA_OK); flatten: the next tile's loads issue during this tile's epilogue
+        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for pid in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+            _gemm_tile(
+                pid, tl.program_id(1), a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr,
+                min_ptr, max_ptr, rows_ptr, eps_bits, M, N, K, H, GROUP, n_f, stride_ab, stride_ah, stride_sb,
+                stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, stride_rb, a_desc, b_desc, READOUT, HAS_BIAS,
+                A_RAW, CAUSAL, A_CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, EVEN_MN, PHILOX_TILE, HEADS_LAST,
+                SKIP_ABOVE, LONGEST_FIRST, TMA,
+            )  # fmt: skip
+    else:  # a loop of one iteration here instead cost the causal Q·Kᵀ 30 registers (128 → 158; sm_90 ptxas)
+        _gemm_tile(
+            tl.program_id(0), tl.program_id(1), a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr,
+            min_ptr, max_ptr, rows_ptr, eps_bits, M, N, K, H, GROUP, n_f, stride_ab, stride_ah, stride_sb, stride_sh,
+            stride_bb, stride_bh, stride_qb, stride_qh, stride_rb, a_desc, b_desc, READOUT, HAS_BIAS, A_RAW, CAUSAL,
+            A_CAUSAL, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, EVEN_MN, PHILOX_TILE, HEADS_LAST, SKIP_ABOVE,
+            LONGEST_FIRST, TMA,
+        )  # fmt: skip
+
+
+@triton.jit
+def _gemm_tile(
+    pid,
+    bid,
+    a_ptr,
+    asum_ptr,
+    b_ptr,
+    bsum_ptr,
+    c_ptr,
+    bias_ptr,
+    ranges_ptr,
+    rng_ptr,
+    min_ptr,
+    max_ptr,
+    rows_ptr,
+    eps_bits,
+    M,
+    N,
+    K,
+    H,
+    GROUP,
+    n_f,
+    stride_ab,
+    stride_ah,
+    stride_sb,
+    stride_sh,
+    stride_bb,
+    stride_bh,
+    stride_qb,
+    stride_qh,
+    stride_rb,
+    a_desc,
+    b_desc,
+    # meta-parameters
+    READOUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    A_RAW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    A_CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    EVEN_MN: tl.constexpr,
+    PHILOX_TILE: tl.constexpr,
+    HEADS_LAST: tl.constexpr,
+    SKIP_ABOVE: tl.constexpr,
+    LONGEST_FIRST: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    """One output tile: program-order tile `pid` of operand pair `bid`."""
     # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
-    pid = tl.program_id(0)
-    bid = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     group_id = pid // (GROUP_M * num_n)
@@ -226,13 +333,18 @@ def _optical_gemm_kernel(
         else:
             a_mask = m_ok & (offs_k[None, :] < K - k0)
             b_mask = (offs_k[:, None] < K - k0) & n_ok
-        a = tl.load(a_base + k0 + a_tile, mask=a_mask, other=0.0)
-        if A_RAW:
-            code = deterministic_level(a.to(tl.float32), lo_a, hi_a, div_a, n_f) - z_a
-            code = tl.where(a_mask, code, 0.0)
-            sum_a += tl.sum(code, axis=1)
-            a = code.to(tl.float16)
-        acc = tl.dot(a, tl.load(b_base + k0 + b_tile, mask=b_mask, other=0.0), acc)
+        if TMA:  # out-of-bounds elements read as 0, as the masked loads' `other`
+            a = a_desc.load([pid_m * BLOCK_M, k0])
+            b = b_desc.load([pid_n * BLOCK_N, k0]).T
+        else:
+            a = tl.load(a_base + k0 + a_tile, mask=a_mask, other=0.0)
+            if A_RAW:
+                code = deterministic_level(a.to(tl.float32), lo_a, hi_a, div_a, n_f) - z_a
+                code = tl.where(a_mask, code, 0.0)
+                sum_a += tl.sum(code, axis=1)
+                a = code.to(tl.float16)
+            b = tl.load(b_base + k0 + b_tile, mask=b_mask, other=0.0)
+        acc = tl.dot(a, b, acc)
     # ---- epilogue 1: the product of the quantized operands from the code product and the code sums
     lo_b, _, _, width_b = range_params(ranges_ptr, 1, eps_bits)
     s_b, _, c_b = code_params(lo_b, width_b, n_f)
@@ -411,21 +523,70 @@ def optical_gemm(
         "CAUSAL": causal and readout,
         "A_CAUSAL": a_raw and a_causal_rows is not None,
     }
+    # TMA descriptors (block shapes set for each config by _tma_blocks) where the autotuner tries TMA configs or the
+    # caller fixed one; made only then, as they cost host time every call
+    fixed_tma = config is not None and bool(config.get("TMA"))
+    feasible = (fixed_tma or _tma_pays(N, K)) and not (a_raw or causal or heads_last) and _tma_ok(a_codes, b_codes)
+    if fixed_tma and not feasible:
+        raise ValueError("optical_gemm: a TMA config needs one operand pair of encoded A, no causal mask or heads_last")
+    flags["TMA_OK"] = feasible and _tma_pays(N, K)
+    descriptors = (None, None)
+    if feasible:
+        descriptors = tuple(TensorDescriptor.from_tensor(t[0, 0], [16, 16]) for t in (a_codes, b_codes))
+
+    def derived(meta: dict) -> dict:
+        if meta.get("TMA"):
+            _tma_blocks({**meta, "a_desc": descriptors[0], "b_desc": descriptors[1]})
+        return {
+            "EVEN_K": _even_k(K, meta["BLOCK_K"]),
+            "EVEN_MN": _even_mn(M, N, meta["BLOCK_M"], meta["BLOCK_N"]),
+            "PHILOX_TILE": _philox_tile(N),
+        }
+
     _GEMM(
         _config_key(M, N, K, c.dtype, **flags),
-        tile_grid(M, N, B * H),
-        args,
+        _gemm_grid(M, N, B * H, c.device),
+        (*args, *descriptors),
         flags
         | {"HEADS_LAST": heads_last, "SKIP_ABOVE": c_causal_rows is not None}
         | {"LONGEST_FIRST": a_causal_rows is not None and _longest_first()},
         config=config,
-        derived=lambda meta: {
-            "EVEN_K": _even_k(K, meta["BLOCK_K"]),
-            "EVEN_MN": _even_mn(M, N, meta["BLOCK_M"], meta["BLOCK_N"]),
-            "PHILOX_TILE": _philox_tile(N),
-        },
+        derived=derived,
     )
     return c.transpose(1, 2) if heads_last else c
+
+
+def _tma_ok(a_codes: torch.Tensor, b_codes: torch.Tensor) -> bool:
+    """Whether TMA descriptors can load the codes: one operand pair of [M, K] and [N, K] codes, rows 16-byte
+    aligned (K a multiple of 8), on a GPU with TMA (Hopper on) or in the interpreter."""
+    if a_codes.shape[:2] != (1, 1) or b_codes.shape[:2] != (1, 1):
+        return False
+    a, b = a_codes[0, 0], b_codes[0, 0]
+    if not (a.is_contiguous() and b.is_contiguous() and a.shape[1] % 8 == 0):
+        return False
+    if a.data_ptr() % 16 or b.data_ptr() % 16:
+        return False
+    return INTERPRET or torch.cuda.get_device_capability(a.device)[0] >= 9
+
+
+def _tma_pays(N: int, K: int) -> bool:
+    """Whether the autotuner tries the TMA configs: measured faster (graphed forward) at the 600M linears (K, N ≥
+    1152), no faster at the 200M ones and ~10 % slower at 60M q and down and 200M q, where the autotuner's
+    eager timing picked them anyway (benchmarks/NOTES.md 80)."""
+    return N >= 1024 and K >= 1024
+
+
+def _gemm_grid(M: int, N: int, batch: int, device: torch.device):
+    """The GEMM's launch grid: a program per output tile, or PERSISTENT programs an SM (at most one per tile)."""
+    per_tile = tile_grid(M, N, batch)
+
+    def grid(meta: dict) -> tuple[int, int]:
+        if meta.get("PERSISTENT"):
+            tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+            return (min(tiles, meta["PERSISTENT"] * sm_count(device)), 1)
+        return per_tile(meta)
+
+    return grid
 
 
 def _config_key(
@@ -439,9 +600,11 @@ def _config_key(
     A_RAW: bool = False,
     CAUSAL: bool = False,
     A_CAUSAL: bool = False,
+    TMA_OK: bool = False,
 ) -> tuple:
     """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
-    return (min(triton.next_power_of_2(M), 16384), N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL, A_CAUSAL)
+    M_BUCKET = min(triton.next_power_of_2(M), 16384)
+    return (M_BUCKET, N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL, A_CAUSAL, TMA_OK)
 
 
 def chosen_config(
@@ -455,10 +618,21 @@ def chosen_config(
     raw_a: bool = False,
     causal: bool = False,
     a_causal: bool = False,
+    tma_ok: bool = False,
 ) -> dict | None:
-    """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call."""
+    """The tile config the GEMM launches for these sizes (the autotuner's choice), or None before the first call.
+    tma_ok: TMA can load the codes (one operand pair, as a linear's, on Hopper or later)."""
     key = _config_key(
-        M, N, K, out_dtype, READOUT=readout, HAS_BIAS=has_bias, A_RAW=raw_a, CAUSAL=causal, A_CAUSAL=a_causal
+        M,
+        N,
+        K,
+        out_dtype,
+        READOUT=readout,
+        HAS_BIAS=has_bias,
+        A_RAW=raw_a,
+        CAUSAL=causal,
+        A_CAUSAL=a_causal,
+        TMA_OK=tma_ok and _tma_pays(N, K),
     )
     return _GEMM.chosen.get(key)
 

@@ -13,14 +13,13 @@ fl(β·b) then one rounding of fl(β·b) + α·stat (an FMA): the sum is formed 
 and rounded once more to fp32 (equal to the FMA unless the fp64 sum lands exactly on an fp32 tie).
 """
 
-import functools
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from .utils import INTERPRET, LAUNCH_OPTS
+from .utils import INTERPRET, LAUNCH_OPTS, sm_count
 
 BLOCK = 2048  # elements per program per loop step
 PROGRAMS_PER_SM = 4
@@ -180,11 +179,8 @@ def _fp32(v: float) -> float:
     return struct.unpack("f", struct.pack("f", v))[0]
 
 
-@functools.cache
 def _max_programs(device: torch.device) -> int:
-    if INTERPRET:
-        return 4  # the interpreter runs programs one after another
-    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4 if INTERPRET else PROGRAMS_PER_SM * sm_count(device)  # the interpreter runs programs one by one
 
 
 def dense_flat(t: torch.Tensor) -> torch.Tensor:

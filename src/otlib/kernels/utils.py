@@ -8,10 +8,12 @@ correction step, and rounding uses libdevice `rint` compiled, exact floor arithm
 interpreter has no `rint`, and its bf16/fp16 casts do not round to nearest even: cast_for_store).
 """
 
+import functools
 import os
 import struct
 from collections.abc import Callable
 
+import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -104,6 +106,12 @@ class TunedLaunch:
             return
         extra = derived(meta) if derived is not None else {}
         self.jit[grid](*args, **flags, **meta, **extra, **LAUNCH_OPTS)
+
+
+@functools.cache
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (the interpreter, which runs programs one after another: 4)."""
+    return 4 if INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def tile_grid(M: int, N: int, batch: int):
