@@ -220,56 +220,17 @@ def _optical_gemm_kernel(
 
 @triton.jit
 def _gemm_tile(
-    pid,
-    bid,
-    a_ptr,
-    asum_ptr,
-    b_ptr,
-    bsum_ptr,
-    c_ptr,
-    bias_ptr,
-    ranges_ptr,
-    rng_ptr,
-    min_ptr,
-    max_ptr,
-    rows_ptr,
-    eps_bits,
-    M,
-    N,
-    K,
-    H,
-    GROUP,
-    n_f,
-    stride_ab,
-    stride_ah,
-    stride_sb,
-    stride_sh,
-    stride_bb,
-    stride_bh,
-    stride_qb,
-    stride_qh,
-    stride_rb,
-    a_desc,
-    b_desc,
-    # meta-parameters
-    READOUT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    A_RAW: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    A_CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    EVEN_MN: tl.constexpr,
-    PHILOX_TILE: tl.constexpr,
-    HEADS_LAST: tl.constexpr,
-    SKIP_ABOVE: tl.constexpr,
-    LONGEST_FIRST: tl.constexpr,
-    TMA: tl.constexpr,
-):
-    """One output tile: program-order tile `pid` of operand pair `bid`."""
+    pid, bid,  # program-order output tile `pid` of operand pair `bid`; the rest: _optical_gemm_kernel's arguments
+    a_ptr, asum_ptr, b_ptr, bsum_ptr, c_ptr, bias_ptr, ranges_ptr, rng_ptr, min_ptr, max_ptr, rows_ptr, eps_bits,
+    M, N, K, H, GROUP, n_f,
+    stride_ab, stride_ah, stride_sb, stride_sh, stride_bb, stride_bh, stride_qb, stride_qh, stride_rb,
+    a_desc, b_desc,
+    READOUT: tl.constexpr, HAS_BIAS: tl.constexpr, A_RAW: tl.constexpr, CAUSAL: tl.constexpr, A_CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_MN: tl.constexpr, PHILOX_TILE: tl.constexpr, HEADS_LAST: tl.constexpr,
+    SKIP_ABOVE: tl.constexpr, LONGEST_FIRST: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
+    """One output tile of the level-code GEMM."""
     # ---- program id → (batch, m-block, n-block), grouped along M for L2 reuse of b
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -570,9 +531,9 @@ def _tma_ok(a_codes: torch.Tensor, b_codes: torch.Tensor) -> bool:
 
 
 def _tma_pays(N: int, K: int) -> bool:
-    """Whether the autotuner tries the TMA configs: measured faster (graphed forward) at the 600M linears (K, N ≥
-    1152), no faster at the 200M ones and ~10 % slower at 60M q and down and 200M q, where the autotuner's
-    eager timing picked them anyway (benchmarks/NOTES.md 80)."""
+    """Whether the autotuner tries the TMA configs: at the 600M linears (K, N ≥ 1152) it picks them, −2 to −8 % on
+    the graphed forward; at the 200M ones they were no faster (benchmarks/NOTES.md 78, 80), and where the GEMM takes
+    tens of µs the autotuner's eager timing is noise-prone (NOTES.md 81), so they are not offered there."""
     return N >= 1024 and K >= 1024
 
 
@@ -603,8 +564,8 @@ def _config_key(
     TMA_OK: bool = False,
 ) -> tuple:
     """The autotuner's key (M bucketed to a power of two up to 16384, N, K, the variant) plus the output dtype."""
-    M_BUCKET = min(triton.next_power_of_2(M), 16384)
-    return (M_BUCKET, N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL, A_CAUSAL, TMA_OK)
+    m_bucket = min(triton.next_power_of_2(M), 16384)
+    return (m_bucket, N, K, out_dtype, READOUT, HAS_BIAS, A_RAW, CAUSAL, A_CAUSAL, TMA_OK)
 
 
 def chosen_config(
