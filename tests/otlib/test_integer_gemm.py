@@ -167,6 +167,29 @@ def test_tma_and_persistent_tiles_give_the_same_bits(bias):
                 assert_equal_verbose(g, e)
 
 
+def test_tma_configs_are_offered_only_where_the_launcher_allows_them():
+    """The autotuner's pruning keeps the TMA configs exactly when the launch's TMA_OK flag is set; TMA_OK needs
+    one operand pair of contiguous codes with 16-byte rows, and shapes where TMA was measured to pay; a persistent
+    config launches at most one program per tile."""
+    from otlib.kernels import optical_matmul as om
+
+    configs = [triton.Config({"BLOCK_M": 64}), triton.Config({"BLOCK_M": 128, "TMA": True, "PERSISTENT": 1})]
+    assert om._prune_tma(configs, {}, TMA_OK=False) == configs[:1]
+    assert om._prune_tma(configs, {}, TMA_OK=True) == configs
+    codes = torch.zeros(1, 1, 64, 1152, dtype=torch.float16, device=DEVICE)
+    assert om._tma_ok(codes, codes) == (DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9)
+    assert not om._tma_ok(codes.expand(2, 1, 64, 1152), codes)  # a batch of operand pairs
+    assert not om._tma_ok(codes[..., :1148], codes[..., :1148])  # rows of 1148 codes: not 16-byte multiples
+    assert not om._tma_ok(codes[..., 4:], codes[..., 4:])  # rows not contiguous
+    assert om._tma_pays(4096, 1152) and not om._tma_pays(768, 2048) and not om._tma_pays(2048, 768)
+    grid = om._gemm_grid(1000, 300, 1, torch.device(DEVICE))
+    tiles = 8 * 3  # 1000 rows in 128-row blocks, 300 columns in 128-column ones
+    assert grid({"BLOCK_M": 128, "BLOCK_N": 128}) == (tiles, 1)
+    assert grid({"BLOCK_M": 128, "BLOCK_N": 128, "PERSISTENT": 1000}) == (tiles, 1)
+    per_sm = grid({"BLOCK_M": 128, "BLOCK_N": 128, "PERSISTENT": 1})[0]
+    assert 1 <= per_sm <= tiles
+
+
 def test_tma_config_is_refused_where_descriptors_cannot_load():
     """A causal product (or a batch of operand pairs) has no TMA path: an explicit TMA config is an error, not a
     silent fallback to pointer loads."""
