@@ -486,11 +486,11 @@ def optical_gemm(
     }
     # TMA descriptors (block shapes set for each config by _tma_blocks) where the autotuner tries TMA configs or the
     # caller fixed one; made only then, as they cost host time every call
-    fixed_tma = config is not None and bool(config.get("TMA"))
-    feasible = (fixed_tma or _tma_pays(N, K)) and not (a_raw or causal or heads_last) and _tma_ok(a_codes, b_codes)
+    fixed_tma, pays = config is not None and bool(config.get("TMA")), _tma_pays(N, K)
+    feasible = (fixed_tma or pays) and not (a_raw or causal or heads_last) and _tma_ok(a_codes, b_codes)
     if fixed_tma and not feasible:
         raise ValueError("optical_gemm: a TMA config needs one operand pair of encoded A, no causal mask or heads_last")
-    flags["TMA_OK"] = feasible and _tma_pays(N, K)
+    flags["TMA_OK"] = feasible and pays
     descriptors = (None, None)
     if feasible:
         descriptors = tuple(TensorDescriptor.from_tensor(t[0, 0], [16, 16]) for t in (a_codes, b_codes))

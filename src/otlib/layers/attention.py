@@ -194,8 +194,7 @@ def optical_attention_forward(
     # the autocast dtype (torch.matmul's rule). In an fp32 model RoPE makes the query fp32, and an fp32 P would
     # only be written, observed and then cast to bf16 by the product (and its gradient cast back): four T × S
     # passes per layer. Same values; the attn range observes the operand the product quantizes.
-    device_type = query.device.type
-    p_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
+    p_dtype = ops.autocast_dtype(query)
     # Without dropout, the softmax folds P's range into the attn row itself (its kernel's row statistics: no
     # pass over P); with dropout, the range is observed after it.
     fold_p = state.av.fold_target(A, scores) if training and not (dropout > 0.0) else None

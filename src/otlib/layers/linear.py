@@ -111,8 +111,7 @@ class WeightBank:
         if key != self._tables_key:
             self._tables_key, self._tables = key, self._make_tables(members)
         for codes, layers in self._tables:
-            device = layers[0].weight.device.type
-            codes.refresh(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+            codes.refresh(ops.autocast_dtype(layers[0].weight))  # the weights' own dtype: no copies
             for i, layer in enumerate(layers):
                 layer.stats.mark_set(W)
                 self._issued[id(layer)] = (layer.weight, layer.weight._version, *codes.codes(i), codes.cast(i))

@@ -6,7 +6,7 @@ which is also the oracle the kernels are tested against. See docs/numerics.md fo
 """
 
 from ._dispatch import force_reference
-from .optical_linear import autocast_input, encode_input, optical_linear
+from .optical_linear import autocast_dtype, autocast_input, encode_input, optical_linear
 from .optical_matmul import optical_matmul
 from .philox import philox_uniform
 from .quantize import quantize
@@ -17,6 +17,7 @@ from .weight_codes import WeightCodes, WeightRange
 __all__ = [
     "WeightCodes",
     "WeightRange",
+    "autocast_dtype",
     "autocast_input",
     "encode_input",
     "force_reference",

@@ -150,10 +150,12 @@ def autocast_input(x: Tensor) -> Tensor:
     """x as `optical_linear` multiplies it: under torch.autocast, cast to the autocast dtype. nn.Linear's autocast
     rule for the output dtype: the activation is cast, so y has that dtype; weight and bias are read in their own
     dtype (fp32 master weights are quantized directly, no bf16 copy)."""
-    return x.to(_autocast_dtype(x))
+    return x.to(autocast_dtype(x))
 
 
-def _autocast_dtype(x: Tensor) -> torch.dtype:
+def autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype torch.autocast casts x to in a product: the autocast dtype where autocast is on for x's device and
+    x is a float tensor, else x's own."""
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
@@ -165,7 +167,7 @@ def encode_input(x: Tensor, ranges: Tensor, levels: int) -> tuple[tuple[Tensor, 
     the reference runs, which encodes inside its own arithmetic; `autocast_input(x)`'s values, detached, for
     `optical_linear(x_cast=...)`). On the kernel path one launch casts and encodes a contiguous x
     (benchmarks/NOTES.md 75)."""
-    dtype = _autocast_dtype(x)
+    dtype = autocast_dtype(x)
     if not use_kernels(x, levels):
         return None, x.detach().to(dtype)
     from ..kernels.quantize import operand_codes
