@@ -15,7 +15,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
+from report import emit, graphed_ms, require_cuda  # benchmarks/report.py (scripts run from this folder)
 from torch import nn
 
 # (name, K, N) of the 60M / 200M / 600M Llamas' q, up and down projections (docs/performance.md)
@@ -52,14 +52,13 @@ def _bench_graph(fn) -> float:
         return float("nan")
 
 
-def _bench_graphed_step(layer: nn.Module, x_in: torch.Tensor, gy: torch.Tensor, reps: int = 20) -> float:
-    """A layer's training fwd+bwd captured whole into one CUDA graph and replayed, median ms: the step's GPU time
-    alone. (`make_graphed_callables`, used until the nineteenth session, replays the forward and the backward as
-    two graphs with autograd's host work between them; at these layers' sizes that host time dominated, and the
-    `nn.Linear` baseline moved by up to 1.8× between machines, benchmarks/NOTES.md 84.) PyTorch's whole-network
-    capture: warm-up steps on a side stream, then the forward under bf16 autocast (its cache off) and the backward
-    into static `.grad` tensors, captured once. A fresh copy of the layer and input: parameters whose
-    AccumulateGrad nodes the eager runs created on the default stream invalidate the capture."""
+def _bench_graphed_step(layer: nn.Module, x_in: torch.Tensor, gy: torch.Tensor) -> float:
+    """A layer's training fwd+bwd captured whole into one CUDA graph (`report.graphed_ms`: five steps, the forward
+    under bf16 autocast with its cache off), median ms a step: the step's GPU time alone. (`make_graphed_callables`,
+    used until the nineteenth session, replays the forward and the backward as two graphs with autograd's host work
+    between them; at these layers' sizes that host time dominated, and the `nn.Linear` baseline moved by up to 1.8×
+    between machines, benchmarks/NOTES.md 84.) A fresh copy of the layer and input: parameters whose AccumulateGrad
+    nodes the eager runs created on the default stream invalidate the capture."""
     import copy
 
     layer, x_in = copy.deepcopy(layer), x_in.detach().clone().requires_grad_()
@@ -69,38 +68,15 @@ def _bench_graphed_step(layer: nn.Module, x_in: torch.Tensor, gy: torch.Tensor, 
             y = layer(x_in)
         y.backward(gy)
 
+    def grads_to_none() -> None:  # the first captured backward then allocates them in the graph's pool
+        x_in.grad = None
+        layer.zero_grad(set_to_none=True)
+
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        return _replay_ms(graph, reps)
+        return graphed_ms(step, reps=5, before_capture=grads_to_none)
     except Exception as exc:  # a capture failure is a result to report, not a crash
         print(f"layer graph capture failed: {type(exc).__name__}: {exc}", flush=True)
         return float("nan")
-
-
-def _replay_ms(graph: torch.cuda.CUDAGraph, reps: int, per_sample: int = 10) -> float:
-    """Median over `reps` samples of the mean GPU ms of `per_sample` back-to-back replays (CUDA events)."""
-    import statistics
-
-    for _ in range(per_sample):
-        graph.replay()
-    samples = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(per_sample):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / per_sample)
-    return statistics.median(samples)
 
 
 def _jit_function(kernel):
