@@ -123,7 +123,7 @@ def _peer_fns(x, w, b, layer_in):
 
 
 def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
-    from otlib.kernels.optical_matmul import chosen_config, new_minmax, optical_gemm
+    from otlib.kernels.optical_matmul import _tma_ok, chosen_config, new_minmax, optical_gemm
     from otlib.kernels.quantize import operand_codes
     from otlib.layers import OpticalLinear
     from otlib.ops import optical_linear
@@ -154,7 +154,7 @@ def bench_shape(m: int, k: int, n: int, bias: bool) -> dict[str, float]:
     layer_step(optical)()  # first training call calibrates the out range: time the steady state
     optical_linear(x, w, b, ranges, rng, levels=256, lut_min=LUT)  # autotunes the GEMM for this shape
     # the breakdown variants reuse its choice: one compile each, no autotuning
-    tma_ok = torch.cuda.get_device_capability()[0] >= 9  # a linear's codes load through TMA on Hopper
+    tma_ok = _tma_ok(x_enc[0], w_enc[0])  # the launcher's own rule
     cfg = chosen_config(m, n, k, x.dtype, readout=True, has_bias=bias, tma_ok=tma_ok)
     print(f"{k}→{n}: GEMM config {cfg}", flush=True)
     fns = {

@@ -532,8 +532,8 @@ def _tma_ok(a_codes: torch.Tensor, b_codes: torch.Tensor) -> bool:
 
 def _tma_pays(N: int, K: int) -> bool:
     """Whether the autotuner tries the TMA configs: at the 600M linears (K, N ≥ 1152) it picks them, −2 to −8 % on
-    the graphed forward; at the 200M ones they were no faster (benchmarks/NOTES.md 78, 80), and where the GEMM takes
-    tens of µs the autotuner's eager timing is noise-prone (NOTES.md 81), so they are not offered there."""
+    the graphed forward; at the 200M ones they were no faster (benchmarks/NOTES.md 78, 80), so they are not offered
+    there."""
     return N >= 1024 and K >= 1024
 
 
