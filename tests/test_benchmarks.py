@@ -14,6 +14,7 @@ SCRIPTS = {
     "bench_optical_linear": ["--tokens", "64"],
     "bench_attention": ["--block", "32"],
     "bench_attention_grads": ["--block", "32"],
+    "bench_dither_cost": ["--variants", "none,hash"],
     "bench_gemm_configs": ["--configs", "64x64x64:w8:s2"],
     "bench_statistics": ["--heads", "2", "--warps", "1"],
     "bench_training_step": ["--models", "60m", "--layers", "1", "--steps", "1"],
@@ -73,6 +74,62 @@ def test_gemm_configs_parse_candidate_tiles():
     for bad in ("64x64:w8:s2", "64x64x64:8:s2", "64x64x64:w8", "64x64x64:w8:s2:x", "64x64x64:w8:s2:m1:m2"):
         with pytest.raises(SystemExit):  # argparse names the bad item
             module.main(["--configs", bad])
+
+
+def test_dither_cost_rejects_an_unknown_variant():
+    module = _load("bench_dither_cost")
+    with pytest.raises(SystemExit):  # argparse names it, before looking for a GPU
+        module.main(["--variants", "philox10,xorshift"])
+    with pytest.raises(ValueError, match="xorshift"), module.dither("xorshift"):
+        pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compiled kernels keep the dither they compiled with")
+def test_dither_cost_variants_change_only_the_readouts_uniforms():
+    """bench_dither_cost's variants: philox10 is the library's read-out, none rounds to nearest whatever the seed,
+    philox7 and hash draw other uniforms and still round stochastically (up with probability = the position's
+    fraction), and the library's read-out is back after each block. Interpreted only: the interpreter looks the
+    dither up at every call (the benchmark runs each GPU variant in a process of its own)."""
+    from otlib.kernels.optical_matmul import new_minmax, optical_gemm
+    from otlib.kernels.quantize import operand_codes
+
+    module = _load("bench_dither_cost")
+    device = "cpu"
+    g = torch.Generator(device=device).manual_seed(0)
+    m, k, n = 128, 64, 128
+    x = torch.randn(m, k, device=device, generator=g).to(torch.bfloat16)
+    w = (torch.randn(n, k, device=device, generator=g) / k**0.5).to(torch.bfloat16)
+    ranges = torch.tensor([[-4.0, 4.0], [-0.2, 0.2], [-2.0, 2.0]], device=device)
+    mm = new_minmax(x.device)
+    xc, xs = operand_codes(x.unsqueeze(0), ranges, 0, 255, minmax=mm)
+    wc, ws = operand_codes(w.unsqueeze(0), ranges, 1, 255, lut_min=0.02)
+    a, b = (xc.view(1, 1, m, k), xs.view(1, 1, m)), (wc.view(1, 1, n, k), ws.view(1, 1, n))
+
+    def product(seed: int, readout: bool = True) -> torch.Tensor:
+        rng = torch.tensor([seed, 5, 1], device=device)
+        return optical_gemm(a, b, 1, None, ranges, rng, 255, mm, readout=readout, out_dtype=torch.float32).view(m, n)
+
+    def product_with(variant: str, seed: int) -> torch.Tensor:
+        with module.dither(variant):
+            return product(seed)
+
+    library = product(1)
+    assert torch.equal(product_with("philox10", 1), library)
+    assert torch.equal(product_with("none", 1), product_with("none", 2))
+    assert torch.equal(product(1), library)  # restored
+    lo, hi = ranges[2].tolist()
+    t = (product(1, readout=False).clamp(lo, hi) - lo) * (255 / (hi - lo + 1e-8))
+    fraction = t - t.floor()
+    between = (fraction > 0.1) & (fraction < 0.4)  # far from ½ and from the levels: rounding up is the dither's doing
+    assert between.sum() > 2000
+    for variant in ("philox7", "hash", "none"):
+        y = product_with(variant, 1)
+        assert not torch.equal(y, library)
+        up = (torch.round((y - lo) * (255 / (hi - lo))) > t.floor())[between].float().mean().item()
+        expected = 0.0 if variant == "none" else fraction[between].mean().item()  # ≈ 0.25; σ of the share ≈ 0.01
+        assert abs(up - expected) < 0.04, (variant, up, expected)
+        if variant != "none":
+            assert not torch.equal(y, product_with(variant, 2))
 
 
 @pytest.mark.gpu

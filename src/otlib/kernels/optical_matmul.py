@@ -371,6 +371,22 @@ def _minmax(lo_a, hi_a, lo_b, hi_b):
 
 
 @triton.jit
+def _readout_uniforms(
+    rng_ptr, tile_start, tile_offs, rows, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PHILOX_TILE: tl.constexpr
+):
+    """The read-out's dither: u ∈ [0, 1) per output of the tile, Philox at the flat output index (the seam that
+    benchmarks/bench_dither_cost.py replaces to measure what the dither costs)."""
+    seed = tl.load(rng_ptr + 0)
+    counter = tl.load(rng_ptr + 1)
+    stream = tl.load(rng_ptr + 2)
+    if PHILOX_TILE:  # four consecutive elements of a row share one Philox evaluation (counter = index / 4)
+        ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
+        return philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N)
+    else:
+        return philox_uniform(seed, tile_start + tile_offs, counter, stream)
+
+
+@triton.jit
 def _readout_tile(
     val,
     rng_ptr,
@@ -386,14 +402,7 @@ def _readout_tile(
     PHILOX_TILE: tl.constexpr,
 ):
     """Q_stoch of a tile's accumulator values with the out range, Philox at the flat output index."""
-    seed = tl.load(rng_ptr + 0)
-    counter = tl.load(rng_ptr + 1)
-    stream = tl.load(rng_ptr + 2)
-    if PHILOX_TILE:  # four consecutive elements of a row share one Philox evaluation (counter = index / 4)
-        ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
-        u = philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N)
-    else:
-        u = philox_uniform(seed, tile_start + tile_offs, counter, stream)
+    u = _readout_uniforms(rng_ptr, tile_start, tile_offs, rows, N, BLOCK_M, BLOCK_N, PHILOX_TILE)
     # the reference's quantizer, except that t multiplies by n / (hi − lo + 1e-8) instead of dividing (≤ 1 ulp
     # of t, far below the accumulator's own summation-order difference; docs/numerics.md)
     lo, hi, div, width = range_params(ranges_ptr, 2, eps_bits)

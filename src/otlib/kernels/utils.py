@@ -150,13 +150,13 @@ def cast_for_store(y, ptr):
 
 
 @triton.jit
-def philox_words(seed, c0, c1, counter, stream):
+def philox_words(seed, c0, c1, counter, stream, N_ROUNDS: tl.constexpr = 10):
     """Philox4x32-10's four output words at the counter whose low / high 32-bit words are c0 / c1 (uint32):
     counter words (c0, c1, counter lo, stream), key = seed (lo, hi words). Element i of a tensor takes word
-    i mod 4 of counter i div 4."""
+    i mod 4 of counter i div 4. N_ROUNDS other than 10 is not otlib's numerics (bench_dither_cost.py's variant)."""
     c2 = tl.zeros_like(c0) + (counter & 0xFFFFFFFF).to(tl.uint32)
     c3 = tl.zeros_like(c0) + (stream & 0xFFFFFFFF).to(tl.uint32)
-    return tl.philox(seed, c0, c1, c2, c3)
+    return tl.philox(seed, c0, c1, c2, c3, N_ROUNDS)
 
 
 @triton.jit
@@ -166,18 +166,20 @@ def word_to_uniform(w):
 
 
 @triton.jit
-def philox_uniform(seed, idx, counter, stream):
+def philox_uniform(seed, idx, counter, stream, N_ROUNDS: tl.constexpr = 10):
     """u ∈ [0, 1) per int64 element index `idx` (any pattern; evaluates Philox once per element)."""
     ctr = idx >> 2
     w0, w1, w2, w3 = philox_words(
-        seed, (ctr & 0xFFFFFFFF).to(tl.uint32), ((ctr >> 32) & 0xFFFFFFFF).to(tl.uint32), counter, stream
+        seed, (ctr & 0xFFFFFFFF).to(tl.uint32), ((ctr >> 32) & 0xFFFFFFFF).to(tl.uint32), counter, stream, N_ROUNDS
     )
     lane = idx & 3
     return word_to_uniform(tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3))))
 
 
 @triton.jit
-def philox_uniform_tile(seed, ctr_base, ctr_off, counter, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def philox_uniform_tile(
+    seed, ctr_base, ctr_off, counter, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_ROUNDS: tl.constexpr = 10
+):
     """[BLOCK_M, BLOCK_N] uniforms of a row-major tile whose flat indices along each row are 4·ctr + 0..3, for
     counters ctr = ctr_base (int64 scalar) + ctr_off (int32, shape [BLOCK_M, BLOCK_N // 4]): one Philox
     evaluation per four elements. The counter's two words come from 32-bit adds with a carry, so no 64-bit
@@ -185,7 +187,7 @@ def philox_uniform_tile(seed, ctr_base, ctr_off, counter, stream, BLOCK_M: tl.co
     off = ctr_off.to(tl.uint32)
     c0 = (ctr_base & 0xFFFFFFFF).to(tl.uint32) + off  # wraps modulo 2³²
     c1 = ((ctr_base >> 32) & 0xFFFFFFFF).to(tl.uint32) + (c0 < off).to(tl.uint32)  # the carry
-    w0, w1, w2, w3 = philox_words(seed, c0, c1, counter, stream)
+    w0, w1, w2, w3 = philox_words(seed, c0, c1, counter, stream, N_ROUNDS)
     w = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [..., p, q] = word 2p + q
     return word_to_uniform(tl.reshape(w, (BLOCK_M, BLOCK_N)))
 
