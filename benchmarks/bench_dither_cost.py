@@ -27,10 +27,13 @@ import triton.language as tl
 from report import emit, require_cuda  # benchmarks/report.py (scripts run from this folder)
 
 from otlib.kernels import optical_matmul
-from otlib.kernels.utils import philox_uniform, philox_uniform_tile, word_to_uniform
+from otlib.kernels.utils import word_to_uniform
 
 VARIANTS = ("philox10", "philox7", "hash", "none")
 RESULT_TAG = "bench_dither_cost result: "
+
+
+LIBRARY_UNIFORMS = optical_matmul._readout_uniforms
 
 
 @triton.jit
@@ -38,14 +41,7 @@ def _philox7_uniforms(
     rng_ptr, tile_start, tile_offs, rows, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PHILOX_TILE: tl.constexpr
 ):
     """The library's counters and words, 7 rounds instead of 10."""
-    seed = tl.load(rng_ptr + 0)
-    counter = tl.load(rng_ptr + 1)
-    stream = tl.load(rng_ptr + 2)
-    if PHILOX_TILE:
-        ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
-        return philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N, 7)
-    else:
-        return philox_uniform(seed, tile_start + tile_offs, counter, stream, 7)
+    return LIBRARY_UNIFORMS(rng_ptr, tile_start, tile_offs, rows, N, BLOCK_M, BLOCK_N, PHILOX_TILE, 7)
 
 
 @triton.jit
@@ -89,12 +85,11 @@ def dither(variant: str) -> Iterator[None]:
     every call)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown dither variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    library = optical_matmul._readout_uniforms
-    optical_matmul._readout_uniforms = REPLACEMENTS.get(variant, library)
+    optical_matmul._readout_uniforms = REPLACEMENTS.get(variant, LIBRARY_UNIFORMS)
     try:
         yield
     finally:
-        optical_matmul._readout_uniforms = library
+        optical_matmul._readout_uniforms = LIBRARY_UNIFORMS
 
 
 def measure(variant: str, tokens: int, shapes: list[str], block: int) -> dict[str, dict[str, float]]:

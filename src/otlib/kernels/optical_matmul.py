@@ -372,18 +372,19 @@ def _minmax(lo_a, hi_a, lo_b, hi_b):
 
 @triton.jit
 def _readout_uniforms(
-    rng_ptr, tile_start, tile_offs, rows, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PHILOX_TILE: tl.constexpr
-):
+    rng_ptr, tile_start, tile_offs, rows, N,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PHILOX_TILE: tl.constexpr, N_ROUNDS: tl.constexpr = 10,
+):  # fmt: skip
     """The read-out's dither: u ∈ [0, 1) per output of the tile, Philox at the flat output index (the seam that
-    benchmarks/bench_dither_cost.py replaces to measure what the dither costs)."""
+    benchmarks/bench_dither_cost.py replaces to measure what the dither costs; N_ROUNDS ≠ 10 only there)."""
     seed = tl.load(rng_ptr + 0)
     counter = tl.load(rng_ptr + 1)
     stream = tl.load(rng_ptr + 2)
     if PHILOX_TILE:  # four consecutive elements of a row share one Philox evaluation (counter = index / 4)
         ctr_offs = rows[:, None] * (N // 4) + tl.arange(0, BLOCK_N // 4)[None, :]
-        return philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N)
+        return philox_uniform_tile(seed, tile_start // 4, ctr_offs, counter, stream, BLOCK_M, BLOCK_N, N_ROUNDS)
     else:
-        return philox_uniform(seed, tile_start + tile_offs, counter, stream)
+        return philox_uniform(seed, tile_start + tile_offs, counter, stream, N_ROUNDS)
 
 
 @triton.jit
